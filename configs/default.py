@@ -1,0 +1,132 @@
+"""Every configuration field of simclr_jax, with its default and meaning.
+
+Other config files import this one and override fields; a field that is not
+declared here does not exist (ml_collections rejects unknown overrides).
+
+    python main.py --config=configs/default.py --workdir=/tmp/simclr
+
+trains the default (SimCLR v2 recipe, ResNet-50 on ImageNet) and is the base
+of every other config.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the default configuration (ResNet-50, ImageNet, SimCLR v2 recipe)."""
+  config = ml_collections.ConfigDict()
+
+  config.seed = 0  # Root PRNG seed; the run is a function of config and seed.
+  # Side of the square images the encoder sees (after augmentation).
+  config.image_size = 224
+
+  # ----------------------------------------------------------------- data
+  config.data = data = ml_collections.ConfigDict()
+  # 'tfds' (a TFDS dataset by name), 'folder' (a folder of images) or
+  # 'digits' (scikit-learn's 8x8 handwritten digits, shipped with the package).
+  data.source = 'tfds'
+  data.name = 'imagenet2012'  # TFDS name when source == 'tfds'.
+  data.data_dir = ''  # TFDS data_dir, or the image folder for 'folder'.
+  data.download = False  # Let TFDS download and prepare the dataset.
+  data.train_split = 'train'  # Split used for pretraining.
+  # Split used for evaluation; '' holds out `holdout_fraction` of the train
+  # split instead (digits, folders and datasets without a test split).
+  data.eval_split = 'validation'
+  data.holdout_fraction = 0.1
+  # Where the random-resized crop happens: 'device' (fixed-size images; the
+  # host only batches uint8) or 'host' (large variable-size images; the host
+  # decodes only the two crop windows and resizes them to image_size).
+  # 'auto' picks 'host' for imagenet2012, imagenette and folders.
+  data.crop = 'auto'
+  data.eval_crop_fraction = 0.875  # Centre crop for evaluation (1.0 = none).
+  # Side images are resized to before the device crop for 'device' sources
+  # (0 = keep the stored size). The digits are upsampled from 8x8 this way.
+  data.resize_to = 0
+  data.shuffle_buffer = 16_384
+  data.cache = False  # Cache decoded examples in memory (small datasets).
+  data.prefetch = 2  # Batches prefetched to the device.
+  data.num_parallel_calls = -1  # tf.data parallelism (-1 = AUTOTUNE).
+
+  # ---------------------------------------------------------- augmentation
+  # Device-side SimCLR augmentation (simclr_jax.augment.two_views).
+  config.augment = aug = ml_collections.ConfigDict()
+  aug.output_size = config.get_ref('image_size')  # Side of each view.
+  aug.crop_scale = (0.08, 1.0)  # Area fraction of the random-resized crop.
+  aug.crop_ratio = (3 / 4, 4 / 3)  # Aspect-ratio range (log-uniform).
+  aug.flip_prob = 0.5
+  aug.color_jitter_prob = 0.8
+  aug.color_jitter_strength = 1.0  # s: brightness/contrast/saturation 0.8s, hue 0.2s.
+  aug.brightness_mode = 'v2'  # 'v1' additive or 'v2' multiplicative brightness.
+  aug.grayscale_prob = 0.2
+  aug.blur = True  # Gaussian blur (the paper turns it off for CIFAR).
+  aug.blur_prob = 0.5
+  aug.blur_sigma = (0.1, 2.0)
+  aug.blur_kernel_fraction = 0.1  # Kernel side as a fraction of image side.
+
+  # ---------------------------------------------------------------- model
+  config.model = model = ml_collections.ConfigDict()
+  model.depth = 50  # ResNet depth: 18, 34, 50, 101, 152 or 200.
+  model.width_multiplier = 1  # 1, 2 or 4.
+  model.base_width = 64  # Channels of the first stage (64 in the paper).
+  model.stem = 'imagenet'  # 'imagenet' (7x7/2 + max-pool) or 'cifar' (3x3/1).
+  model.sk_ratio = 0.0  # Selective kernels (SimCLRv2); 0 disables.
+  model.zero_init_residual = False  # Zero-init the last BN scale per block.
+  model.num_proj_layers = 2  # 2 (SimCLR v1) or 3 (SimCLR v2).
+  model.proj_out_dim = 128
+  model.bn_momentum = 0.9
+  model.bn_epsilon = 1e-5
+  model.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16'.
+
+  # ----------------------------------------------------------------- loss
+  config.loss = loss = ml_collections.ConfigDict()
+  loss.temperature = 0.1
+
+  # ------------------------------------------------------------ optimizer
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.name = 'lars'  # 'lars', 'sgd', 'adam' or 'adamw'.
+  # Learning rate: base_learning_rate scaled by the global batch B.
+  # 'linear': base * B / 256; 'sqrt': base * sqrt(B); 'none': base.
+  optim.lr_scaling = 'linear'
+  optim.base_learning_rate = 0.3
+  optim.warmup_epochs = 10.0
+  optim.momentum = 0.9
+  optim.weight_decay = 1e-6
+  optim.eeta = 1e-3  # LARS trust coefficient.
+  # Exclude BatchNorm parameters and biases from weight decay and the LARS
+  # trust ratio (google-research/simclr does).
+  optim.exclude_bn_and_bias = True
+  optim.probe_learning_rate = 0.1  # Online linear probe (plain SGD+momentum).
+
+  # ------------------------------------------------------------- training
+  config.train = train = ml_collections.ConfigDict()
+  train.global_batch_size = 4096
+  train.num_epochs = 100.0  # Used when num_steps is 0.
+  train.num_steps = 0  # Total steps; 0 derives it from num_epochs.
+  train.log_every_steps = 100
+  train.checkpoint_every_steps = 1000
+  train.keep_checkpoints = 3
+  # Online linear probe on stop_gradient(h) when the data has labels.
+  train.online_probe = True
+  # Shard over this many devices; 0 means every device of every process.
+  train.num_devices = 0
+  # On CPU without XLA_FLAGS, split the host into this many XLA devices
+  # (XLA's CPU convolutions use one core each); 0 leaves XLA alone.
+  train.cpu_devices = 8
+
+  # ----------------------------------------------------------- evaluation
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.linear_probe = True  # Fit a linear probe on frozen features at the end.
+  ev.compare_random_init = False  # Also probe the encoder at initialisation.
+  ev.probe_l2 = 1e-4  # L2 penalty of the final linear probe (on features).
+  ev.probe_steps = 500  # Full-batch optimiser steps of the final probe.
+  ev.knn_k = 0  # Also report kNN accuracy with this k (0 = off).
+  ev.batch_size = 512  # Batch for feature extraction.
+
+  # ----------------------------------------------------------- multi-host
+  config.distributed = dist = ml_collections.ConfigDict()
+  dist.initialize = False  # Call jax.distributed.initialize() first.
+  dist.coordinator_address = ''  # host:port; '' lets JAX find it (TPU, SLURM).
+  dist.num_processes = 0  # 0 = from the environment.
+  dist.process_id = -1  # -1 = from the environment.
+
+  return config

@@ -1,0 +1,40 @@
+"""simclr_jax: SimCLR (v1 and v2) in JAX/Flax."""
+
+import setuptools
+
+INSTALL_REQUIRES = [
+    'jax>=0.10.0',
+    'flax>=0.12.0',
+    'optax>=0.2.5',
+    'chex>=0.1.90',
+    'ml-collections>=1.1.0',
+    'orbax-checkpoint>=0.11.0',
+    'absl-py>=2.1.0',
+    'numpy>=1.26',
+    'pillow>=10.0',
+    'scikit-learn>=1.4',  # Ships the embedded digits data set.
+    'tensorflow-cpu>=2.18',
+    'tensorflow-datasets>=4.9.7',
+    # Needed by tensorflow-datasets and the TensorBoard writer, not declared by them.
+    'importlib_resources>=6.0',
+    'tensorboard>=2.18',
+]
+
+TEST_REQUIRES = [
+    'pytest>=8.0',
+    'pytest-xdist>=3.5',
+    'scikit-image>=0.22',  # Real sample photos for the augmentation tests.
+]
+
+setuptools.setup(
+    name='simclr_jax',
+    version='0.1.0',
+    description='SimCLR contrastive self-supervised learning in JAX/Flax.',
+    long_description=open('README.md').read() if __import__('os').path.exists('README.md') else '',
+    long_description_content_type='text/markdown',
+    python_requires='>=3.11',
+    packages=setuptools.find_packages(include=['simclr_jax', 'simclr_jax.*']),
+    install_requires=INSTALL_REQUIRES,
+    extras_require={'test': TEST_REQUIRES},
+    license='Apache-2.0',
+)

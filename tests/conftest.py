@@ -1,0 +1,13 @@
+"""Test set-up: every test sees 8 CPU devices, so sharded paths run for real."""
+
+import os
+
+# Must happen before JAX initialises its backends.
+_flags = os.environ.get('XLA_FLAGS', '')
+if '--xla_force_host_platform_device_count' not in _flags:
+  os.environ['XLA_FLAGS'] = (
+      _flags + ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# TensorFlow must not grab a GPU or compete with JAX for threads in tests.
+os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
