@@ -1,0 +1,109 @@
+"""Devices, the 1-D data-parallel mesh, and host batches as global arrays.
+
+Everything sharded in simclr_jax runs on one mesh axis named ``'batch'``:
+parameters are replicated, batches are split along their first dimension.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXIS = 'batch'
+
+
+def setup_cpu_devices(num_devices: int) -> None:
+  """Splits the host CPU into `num_devices` XLA devices, before JAX starts.
+
+  XLA's CPU convolutions use one core each, so several CPU devices train
+  several times faster on a multi-core host. Does nothing when `num_devices`
+  is 0, when the user already set the device count in XLA_FLAGS, or when JAX
+  has already started its backends. Only the CPU backend is affected: on a
+  GPU or TPU host the accelerators are still the default devices.
+  """
+  if num_devices <= 0:
+    return
+  if 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', ''):
+    return
+  try:
+    jax.config.update('jax_num_cpu_devices', num_devices)
+  except RuntimeError as e:  # Backends already initialised.
+    logging.info('Not changing the CPU device count: %s', e)
+
+
+def maybe_initialize_distributed(dist_config: Any) -> None:
+  """Calls `jax.distributed.initialize` when `dist_config.initialize` is set."""
+  if not dist_config.initialize:
+    return
+  # Collectives between CPU processes (tests, CPU clusters) go through gloo;
+  # GPU and TPU backends have their own and ignore this.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  kwargs = {}
+  if dist_config.coordinator_address:
+    kwargs['coordinator_address'] = dist_config.coordinator_address
+  if dist_config.num_processes > 0:
+    kwargs['num_processes'] = dist_config.num_processes
+  if dist_config.process_id >= 0:
+    kwargs['process_id'] = dist_config.process_id
+  jax.distributed.initialize(**kwargs)
+
+
+def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
+  """A 1-D mesh with axis 'batch' over `num_devices` devices (0 = all).
+
+  On several processes the mesh always spans every device of every process.
+  """
+  devices = jax.devices()
+  if num_devices <= 0 or num_devices == len(devices):
+    num_devices = len(devices)
+  elif jax.process_count() > 1:
+    raise ValueError('train.num_devices must be 0 (all devices) on several '
+                     'processes')
+  elif num_devices > len(devices):
+    raise ValueError(f'train.num_devices={num_devices} but only '
+                     f'{len(devices)} devices are available')
+  return jax.make_mesh((num_devices,), (AXIS,),
+                       axis_types=(jax.sharding.AxisType.Explicit,),
+                       devices=devices[:num_devices])
+
+
+def local_device_count(mesh: jax.sharding.Mesh) -> int:
+  """Number of this process's devices in `mesh`."""
+  return sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(AXIS))
+
+
+def host_to_global(batch: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Turns this process's part of a batch into global arrays on the mesh.
+
+  Args:
+    batch: pytree of NumPy arrays whose leading dimension is this process's
+      local batch (global batch / process count).
+    mesh: the mesh from `make_mesh`.
+
+  Returns:
+    The same pytree of `jax.Array`s with the global batch as leading
+    dimension, sharded over 'batch'.
+  """
+  sharding = batch_sharded(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+      batch)
+
+
+def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Places a pytree (NumPy or jax arrays) replicated on every mesh device."""
+  return jax.device_put(tree, replicated(mesh))

@@ -1,0 +1,374 @@
+"""SimCLR pretraining: the train state, the sharded train step, and the loop.
+
+`train_and_evaluate(config, workdir)` is the whole job: it resumes from the
+latest checkpoint in `workdir` if there is one, pretrains, checkpoints, logs,
+and ends with a linear-probe evaluation of the encoder.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+import signal
+import time
+from typing import Any, Callable, Iterator
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from jax import lax
+from jax.sharding import PartitionSpec as P
+
+from simclr_jax import augment
+from simclr_jax import checkpoint
+from simclr_jax import config_lib
+from simclr_jax import evaluate
+from simclr_jax import losses
+from simclr_jax import models
+from simclr_jax import optim
+from simclr_jax import parallel
+from simclr_jax import reporting
+
+AXIS = parallel.AXIS
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss or the gradient became NaN or infinite."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training (all arrays, replicated).
+
+  The PRNG keys and the data order are functions of (config.seed, step), so
+  this state is all a checkpoint needs.
+  """
+  step: jax.Array  # int32 scalar: number of steps done.
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def create_train_state(model: Any, tx: optax.GradientTransformation,
+                       image_size: int, init_key: jax.Array,
+                       mesh: jax.sharding.Mesh) -> TrainState:
+  """Initialises parameters, BatchNorm statistics and optimiser state, replicated."""
+  def init():
+    variables = model.init(init_key, jnp.zeros((2, image_size, image_size, 3)),
+                           train=False)
+    params = variables['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get('batch_stats', {}),
+                      opt_state=tx.init(params))
+  return jax.jit(init, out_shardings=parallel.replicated(mesh))()
+
+
+def example_keys(step_key: jax.Array, num_local: int) -> jax.Array:
+  """One key per example of this device's shard: fold_in(step_key, global index).
+
+  Folding in the example's global index (not the device index) makes the
+  augmentation of every example independent of how many devices share the
+  batch, so a run gives the same result on 1 or 8 devices, and after resuming
+  on a different number of devices.
+  """
+  first = lax.axis_index(AXIS) * num_local
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
+      step_key, first + jnp.arange(num_local))
+
+
+def make_train_step(model: Any, tx: optax.GradientTransformation, config: Any,
+                    mesh: jax.sharding.Mesh, schedule: optax.Schedule,
+                    num_classes: int) -> Callable:
+  """The jitted train step: (state, images, labels, key) -> (state, metrics).
+
+  Args (of the returned function):
+    state: `TrainState`, replicated on the mesh (donated).
+    images: uint8, global batch (B, H, W, 3) or host-cropped (B, 2, S, S, 3),
+      sharded over 'batch'.
+    labels: int32 (B,), -1 for unlabelled examples, sharded over 'batch'.
+    key: the run's training key (replicated).
+
+  Each device augments its shard (augmentation keys from the example's global
+  index), the model runs on both views with BatchNorm statistics over the
+  global batch, NT-Xent takes negatives from every device, and the online
+  probe trains on stop_gradient(h). The loss is the global mean (pmean), so
+  `jax.grad` under shard_map's check_vma already gives the gradient of the
+  global loss for the replicated parameters: no further pmean of gradients.
+  """
+  temperature = config.loss.temperature
+  aug_config = config.augment
+
+  def per_device(state: TrainState, images, labels, key):
+    n = images.shape[0]
+    keys = example_keys(jax.random.fold_in(key, state.step), n)
+    view_a, view_b = augment.two_views(keys, images, aug_config)
+    x = jnp.concatenate([view_a, view_b], axis=0)
+
+    def loss_fn(params):
+      out, mutated = model.apply(
+          {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
+          mutable=['batch_stats'])
+      z_a, z_b = jnp.split(out['z'], 2)
+      loss, metrics = losses.nt_xent_with_metrics(
+          z_a, z_b, temperature=temperature, axis_name=AXIS)
+      metrics = dict(metrics, contrastive_loss=loss)
+      total = loss
+      if num_classes:
+        y = jnp.concatenate([labels, labels])
+        valid = (y >= 0).astype(jnp.float32)
+        logits = out['probe_logits']
+        ce = optax.softmax_cross_entropy_with_integer_labels(
+            logits, jnp.maximum(y, 0))
+        count = jnp.maximum(lax.psum(valid.sum(), AXIS), 1.0)
+        probe_loss = lax.psum(jnp.sum(ce * valid), AXIS) / count
+        correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32) * valid
+        metrics['probe_loss'] = probe_loss
+        metrics['probe_accuracy'] = lax.psum(correct.sum(), AXIS) / count
+        total = loss + probe_loss
+      return total, (metrics, mutated['batch_stats'])
+
+    grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics['loss'] = metrics.pop('contrastive_loss')
+    metrics['grad_norm'] = optax.global_norm(grads)
+    metrics['learning_rate'] = schedule(state.step)
+    new_state = TrainState(step=state.step + 1, params=params,
+                           batch_stats=batch_stats, opt_state=opt_state)
+    return new_state, metrics
+
+  step = jax.shard_map(per_device, mesh=mesh,
+                       in_specs=(P(), P(AXIS), P(AXIS), P()),
+                       out_specs=(P(), P()))
+  return jax.jit(step, donate_argnums=(0,))
+
+
+def device_batches(host_batches: Iterator[dict[str, np.ndarray]],
+                   mesh: jax.sharding.Mesh, prefetch: int) -> Iterator[dict]:
+  """Moves host batches onto the mesh, keeping `prefetch` batches in flight."""
+  queue = collections.deque()
+  for batch in host_batches:
+    queue.append(parallel.host_to_global(batch, mesh))
+    if len(queue) > max(prefetch, 0):
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop polls, so it can save and exit cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # Not the main thread (e.g. some notebooks).
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(metrics: dict[str, float], step: int, last_good: int | None) -> None:
+  for name in ('loss', 'grad_norm'):
+    value = metrics.get(name)
+    if value is not None and not math.isfinite(value):
+      where = (f'the last good checkpoint is step {last_good}' if last_good
+               is not None else 'no checkpoint was saved')
+      raise TrainingDiverged(
+          f'{name} is {value} at step {step}: training stopped; {where}. '
+          'Try a lower optim.base_learning_rate or a higher loss.temperature.')
+
+
+def _mean_metrics(records: list[dict[str, jax.Array]]) -> dict[str, float]:
+  host = jax.device_get(records)
+  return {k: float(np.mean([r[k] for r in host])) for k in host[0]}
+
+
+def _num_steps(config: Any, steps_per_epoch: int) -> int:
+  if config.train.num_steps > 0:
+    return int(config.train.num_steps)
+  return max(int(math.ceil(config.train.num_epochs * steps_per_epoch)), 1)
+
+
+def final_evaluation(config: Any, model: Any, variables: Any,
+                     init_variables: Any | None, mesh: jax.sharding.Mesh,
+                     num_classes: int) -> dict[str, float]:
+  """Linear probe (and optionally kNN) accuracy of the encoder's `h`.
+
+  `init_variables`, when given, are probed the same way and reported with the
+  suffix `_random_init`.
+  """
+  from simclr_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  if not config.eval.linear_probe or num_classes == 0:
+    return {}
+  n_dev = mesh.size
+  eval_batch = -(-config.eval.batch_size // n_dev) * n_dev
+  local_batch = eval_batch // jax.process_count()
+  feature_fn = evaluate.make_feature_fn(model, mesh)
+
+  def features(vs, split):
+    batches = input_pipeline.create_eval_iterator(
+        config, split, local_batch_size=local_batch)
+    return evaluate.extract_features(feature_fn, vs, batches, mesh)
+
+  results = {}
+  candidates = [('', variables)]
+  if init_variables is not None:
+    candidates.append(('_random_init', init_variables))
+  for suffix, vs in candidates:
+    train_x, train_y = features(vs, 'train')
+    test_x, test_y = features(vs, 'eval')
+    results['probe_accuracy' + suffix] = evaluate.linear_probe_accuracy(
+        train_x, train_y, test_x, test_y, num_classes=num_classes,
+        l2=config.eval.probe_l2, steps=config.eval.probe_steps)
+    if config.eval.knn_k > 0:
+      results['knn_accuracy' + suffix] = evaluate.knn_accuracy(
+          train_x, train_y, test_x, test_y, k=config.eval.knn_k,
+          num_classes=num_classes)
+  return results
+
+
+def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
+  """Pretrains SimCLR as `config` says, in `workdir`, then evaluates.
+
+  Resumes from the latest checkpoint in `workdir` when there is one. Returns
+  the final record (also the last line of `workdir/metrics.jsonl`), or a
+  record with `'preempted': True` when SIGTERM stopped the run after saving.
+
+  Raises:
+    config_lib.ConfigError: the config or the data cannot work (one line).
+    TrainingDiverged: the loss or gradient became NaN/Inf.
+  """
+  from simclr_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  config_lib.validate(config, workdir)
+  parallel.setup_cpu_devices(config.train.cpu_devices)
+  parallel.maybe_initialize_distributed(config.distributed)
+  mesh = parallel.make_mesh(config.train.num_devices)
+  gbs = config.train.global_batch_size
+  config_lib.check_batch(gbs, mesh.size, jax.process_count())
+  is_chief = jax.process_index() == 0
+  try:
+    info = input_pipeline.get_info(config)
+  except config_lib.ConfigError:
+    raise
+  except (ValueError, FileNotFoundError) as e:
+    raise config_lib.ConfigError(str(e)) from e
+  if info.num_train_examples < gbs:
+    raise config_lib.ConfigError(
+        f'train.global_batch_size={gbs} is larger than the training data '
+        f'({info.num_train_examples} examples)')
+  steps_per_epoch = info.num_train_examples // gbs
+  total_steps = _num_steps(config, steps_per_epoch)
+  num_classes = info.num_classes if config.train.online_probe else 0
+
+  model = models.create_model(config.model, num_classes=num_classes,
+                              axis_name=AXIS)
+  tx, schedule = optim.create_optimizer(config, total_steps, steps_per_epoch)
+  init_key, train_key = jax.random.split(jax.random.key(config.seed))
+  state = create_train_state(model, tx, config.image_size, init_key, mesh)
+  train_key = parallel.replicate(train_key, mesh)
+
+  os.makedirs(workdir, exist_ok=True)
+  manager = checkpoint.create_manager(
+      workdir, keep=config.train.keep_checkpoints,
+      save_every_steps=config.train.checkpoint_every_steps)
+  start_step = 0
+  if manager.latest_step() is not None:
+    state = checkpoint.restore(manager, state)
+    start_step = int(state.step)
+    logging.info('Resumed from the checkpoint at step %d.', start_step)
+  if is_chief:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  writer = reporting.MetricsWriter(workdir)
+  progress = reporting.Progress(total_steps, start_step, enabled=is_chief)
+  if is_chief:
+    print(f'simclr_jax: {info.num_train_examples} training images, '
+          f'{total_steps} steps of {gbs} on {mesh.size} '
+          f'{jax.devices()[0].platform} device(s)'
+          + (f', resuming at step {start_step}' if start_step else ''),
+          flush=True)
+
+  train_step = make_train_step(model, tx, config, mesh, schedule, num_classes)
+  host_batches = input_pipeline.create_train_iterator(
+      config, local_batch_size=gbs // jax.process_count(),
+      start_step=start_step)
+  batches = device_batches(host_batches, mesh, config.data.prefetch)
+
+  window: list[dict[str, jax.Array]] = []
+  last_checked = None
+  t_window, steps_in_window = time.perf_counter(), 0
+  preempted = False
+  with _Preemption() as preemption:
+    for step in range(start_step, total_steps):
+      batch = next(batches)
+      state, metrics = train_step(state, batch['image'], batch['label'],
+                                  train_key)
+      window.append(metrics)
+      steps_in_window += 1
+      done = step + 1
+      # Check the previous step while this one runs: no stall on the device.
+      if last_checked is not None:
+        _check_finite(jax.device_get(last_checked), done - 1,
+                      manager.latest_step())
+      last_checked = {k: metrics[k] for k in ('loss', 'grad_norm')}
+      last = done == total_steps
+      if done % config.train.log_every_steps == 0 or last or preemption.requested:
+        scalars = _mean_metrics(window)
+        _check_finite(scalars, done, manager.latest_step())
+        elapsed = time.perf_counter() - t_window
+        ips = steps_in_window * gbs / max(elapsed, 1e-9)
+        scalars['images_per_sec'] = ips
+        writer.write(done, scalars)
+        progress.update(done, scalars, ips, force=True)
+        window, t_window, steps_in_window = [], time.perf_counter(), 0
+      else:
+        progress.update(done)
+      if done % config.train.checkpoint_every_steps == 0 or preemption.requested:
+        _check_finite(jax.device_get(last_checked), done, manager.latest_step())
+        checkpoint.save(manager, done, state, force=True)
+      if preemption.requested:
+        preempted = True
+        break
+  progress.close()
+  if not preempted and manager.latest_step() != total_steps:
+    checkpoint.save(manager, total_steps, state, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  if preempted:
+    record = writer.write(int(state.step), {}, preempted=True)
+    writer.close()
+    if is_chief:
+      print(f'simclr_jax: SIGTERM received; saved step {int(state.step)} and '
+            'stopped. Run the same command to resume.', flush=True)
+    return record
+
+  init_variables = None
+  if config.eval.compare_random_init:
+    init_state = create_train_state(model, tx, config.image_size, init_key, mesh)
+    init_variables = {'params': init_state.params,
+                      'batch_stats': init_state.batch_stats}
+  results = final_evaluation(
+      config, model, {'params': state.params, 'batch_stats': state.batch_stats},
+      init_variables, mesh, info.num_classes)
+  record = writer.write(total_steps, results, final=True)
+  writer.close()
+  if is_chief:
+    print('simclr_jax: final evaluation ' + json.dumps(record), flush=True)
+  return record
