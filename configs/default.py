@@ -66,11 +66,13 @@ def get_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- model
   config.model = model = ml_collections.ConfigDict()
   model.depth = 50  # ResNet depth: 18, 34, 50, 101, 152 or 200.
-  model.width_multiplier = 1  # 1, 2 or 4.
+  model.width_multiplier = 1  # 1, 2, 3 or 4 (3: SimCLRv2's r152_3x_sk1).
   model.base_width = 64  # Channels of the first stage (64 in the paper).
   model.stem = 'imagenet'  # 'imagenet' (7x7/2 + max-pool) or 'cifar' (3x3/1).
-  model.sk_ratio = 0.0  # Selective kernels (SimCLRv2); 0 disables.
-  model.zero_init_residual = False  # Zero-init the last BN scale per block.
+  model.sk_ratio = 0.0  # Selective kernels (SimCLRv2: 0.0625); 0 disables.
+  # Zero-init the last BN scale of each residual block (google-research/simclr
+  # always does).
+  model.zero_init_residual = True
   model.num_proj_layers = 2  # 2 (SimCLR v1) or 3 (SimCLR v2).
   model.proj_out_dim = 128
   model.bn_momentum = 0.9

@@ -10,6 +10,8 @@ _LAZY = {
     'nt_xent': 'simclr_jax.losses',
     'nt_xent_with_metrics': 'simclr_jax.losses',
     'two_views': 'simclr_jax.augment',
+    'create_model': 'simclr_jax.models',
+    'SimCLRModel': 'simclr_jax.models',
 }
 
 __all__ = sorted(_LAZY)

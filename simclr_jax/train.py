@@ -136,7 +136,7 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, config: Any,
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics['loss'] = metrics.pop('contrastive_loss')
-    metrics['grad_norm'] = optax.global_norm(grads)
+    metrics['grad_norm'] = optax.tree.norm(grads)
     metrics['learning_rate'] = schedule(state.step)
     new_state = TrainState(step=state.step + 1, params=params,
                            batch_stats=batch_stats, opt_state=opt_state)
