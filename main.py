@@ -14,6 +14,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -27,6 +28,9 @@ def main(argv):
   if len(argv) > 1:
     print(f'error: unexpected arguments: {" ".join(argv[1:])}', file=sys.stderr)
     return 2
+  if not FLAGS['verbosity'].present:
+    # Library INFO logs (orbax, TFDS) drown the progress; --verbosity=0 shows them.
+    logging.set_verbosity(logging.WARNING)
   from simclr_jax import config_lib  # pylint: disable=g-import-not-at-top
   from simclr_jax import train
   try:

@@ -28,7 +28,7 @@ def make_feature_fn(model: Any, mesh: jax.sharding.Mesh) -> Callable:
   """
   def per_device(variables, images):
     x = images.astype(jnp.float32) / 255.0
-    return model.apply(variables, x, train=False, method=model.encode)
+    return model.apply(variables, x, train=False, method='encode')
 
   return jax.jit(jax.shard_map(
       per_device, mesh=mesh, in_specs=(P(), P(parallel.AXIS)),

@@ -35,10 +35,14 @@ def scaled_learning_rate(base_learning_rate: float, global_batch_size: int,
 def create_schedule(peak_value: float, warmup_steps: int,
                     total_steps: int) -> optax.Schedule:
   """Linear warm-up from 0 over `warmup_steps`, then cosine decay to 0 at `total_steps`."""
-  warmup_steps = min(max(int(warmup_steps), 0), total_steps)
+  total_steps = max(int(total_steps), 1)
+  warmup_steps = max(int(warmup_steps), 0)
+  if warmup_steps >= total_steps:  # A run shorter than its warm-up.
+    return optax.linear_schedule(0.0, peak_value * total_steps / max(warmup_steps, 1),
+                                 total_steps)
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=peak_value, warmup_steps=warmup_steps,
-      decay_steps=max(total_steps, 1), end_value=0.0)
+      decay_steps=total_steps, end_value=0.0)
 
 
 def kernel_mask(params: Any) -> Any:

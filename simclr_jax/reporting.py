@@ -50,8 +50,9 @@ class Progress:
     if not self.enabled:
       return
     now = time.perf_counter()
-    if self.tty and not force and now - self._last_draw < self.line_every_seconds:
-      return
+    if not force and (not self.tty or
+                      now - self._last_draw < self.line_every_seconds):
+      return  # Off a terminal, only the logging steps (force=True) print.
     self._last_draw = now
     done = step - self.start_step
     elapsed = now - self._t0

@@ -123,3 +123,9 @@ def test_other_optimizers_reduce_a_quadratic(name):
     updates, state = tx.update(jax.grad(loss)(params), state, params)
     params = optax.apply_updates(params, updates)
   assert float(loss(params)) < 0.5 * 27.0
+
+
+def test_run_shorter_than_warmup_follows_the_warmup_line():
+  sched = optim.create_schedule(peak_value=1.0, warmup_steps=100, total_steps=10)
+  for s in range(11):
+    assert float(sched(s)) == pytest.approx(s / 100)
