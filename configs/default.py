@@ -28,7 +28,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.download = False  # Let TFDS download and prepare the dataset.
   data.train_split = 'train'  # Split used for pretraining.
   # Split used for evaluation; '' holds out `holdout_fraction` of the train
-  # split instead (digits, folders and datasets without a test split).
+  # split instead (datasets without a test split). Digits and folders have
+  # one split: set ''.
   data.eval_split = 'validation'
   data.holdout_fraction = 0.1
   # Where the random-resized crop happens: 'device' (fixed-size images; the
@@ -40,8 +41,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Side images are resized to before the device crop for 'device' sources
   # (0 = keep the stored size). The digits are upsampled from 8x8 this way.
   data.resize_to = 0
+  # Streamed TFDS only; other sources use a full permutation per epoch.
   data.shuffle_buffer = 16_384
-  data.cache = False  # Cache decoded examples in memory (small datasets).
+  # Folders: keep decoded images (device crop) or file bytes (host crop) in
+  # memory. Fixed-size TFDS splits up to 4 GiB per process always are.
+  data.cache = False
   data.prefetch = 2  # Batches prefetched to the device.
   data.num_parallel_calls = -1  # tf.data parallelism (-1 = AUTOTUNE).
 

@@ -1,0 +1,186 @@
+r"""Throughput of the input pipeline on this host, printed as JSON.
+
+  python bench/input_bench.py           # full: ~1-2 min on 2 cores
+  python bench/input_bench.py --quick   # smoke check: a few seconds
+
+Measures images per second delivered by `create_train_iterator` (what the
+train step receives) for:
+
+* the CIFAR-10 JPEG folder of /work/shared/data (cifar10_train_jpeg.tar.gz,
+  unpacked to a temporary folder): host crop (the folder default), device
+  crop decoded per batch, and device crop with `data.cache` (decoded once);
+* a folder of generated 500x375 JPEGs, host crop to 224 px (ImageNet-like);
+  beside it, the same crops from a plain tf.data map without the pipeline's
+  bad-file protection, and with a full decode followed by two crops instead
+  of two `decode_and_crop_jpeg` calls.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tarfile
+import tempfile
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+from configs import default  # pylint: disable=g-import-not-at-top
+from simclr_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
+
+CIFAR_TAR = '/work/shared/data/cifar10_train_jpeg.tar.gz'
+
+
+def _config(data_dir, image_size, **data):
+  config = default.get_config()
+  config.image_size = image_size
+  config.data.source = 'folder'
+  config.data.data_dir = data_dir
+  config.data.eval_split = ''
+  config.data.holdout_fraction = 0.0
+  for k, v in data.items():
+    setattr(config.data, k, v)
+  return config
+
+
+def _rate(batches, batch_size, warmup, steps):
+  """(images/s, CPU ms per image, seconds to the first batch).
+
+  Images per second over `steps` batches after `warmup`: the steady state
+  (the pipeline prefetches). CPU milliseconds per image (all threads of this
+  process) over the same batches do not depend on what else the host runs,
+  so they compare configurations fairly on a busy machine.
+  """
+  t0 = time.perf_counter()
+  next(batches)
+  first = time.perf_counter() - t0
+  for _ in range(warmup - 1):
+    next(batches)
+  t0, c0 = time.perf_counter(), time.process_time()
+  for _ in range(steps):
+    next(batches)
+  wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+  n = steps * batch_size
+  return n / wall, 1000 * cpu / n, first
+
+
+def _unpack_cifar(dest, limit):
+  """Unpacks the CIFAR-10 JPEG folder (the first `limit` images if given)."""
+  with tarfile.open(CIFAR_TAR) as tar:
+    members = []
+    for m in tar:
+      if m.isfile() and m.name.lower().endswith('.jpg'):
+        members.append(m)
+        if limit and len(members) >= limit:
+          break
+    tar.extractall(dest, members=members, filter='data')
+  roots = [os.path.join(dest, d) for d in os.listdir(dest)]
+  return roots[0] if len(roots) == 1 else dest, len(members)
+
+
+def _write_photos(dest, count):
+  """`count` 500x375 JPEGs: smooth colour fields plus noise, like photos."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  yy, xx = np.mgrid[0:375, 0:500] / 500.0
+  for i in range(count):
+    a, b, c = rng.uniform(0, 6, 3)
+    base = np.stack([np.sin(a * xx + b * yy), np.cos(b * xx - c * yy),
+                     np.sin(c * xx * yy + a)], -1)
+    image = (base * 90 + 128 + rng.normal(0, 12, base.shape)).clip(0, 255)
+    Image.fromarray(image.astype(np.uint8)).save(
+        os.path.join(dest, f'{i:05d}.jpg'), quality=90)
+
+
+def _flat_rate(paths, config, batch, warmup, steps, full_decode):
+  """Host crops from a plain tf.data map (no spares), for comparison."""
+  tf = ip._tf()  # pylint: disable=protected-access
+  fns = ip._ElementFns(config)  # pylint: disable=protected-access
+
+  def load(path, key):
+    contents = tf.io.read_file(path)
+    if full_decode:
+      return fns.host_views_decoded(
+          tf, ip._decode_full(tf, contents), key)  # pylint: disable=protected-access
+    return fns.host_views(tf, contents, key)
+
+  ds = tf.data.Dataset.from_tensor_slices(
+      (np.array(paths).astype(bytes), np.arange(len(paths), dtype=np.int64)))
+  ds = ds.repeat().map(ip._plain(load),  # pylint: disable=protected-access
+                        num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(batch, drop_remainder=True).prefetch(2)
+  rate, cpu_ms, _ = _rate(ds.as_numpy_iterator(), batch, warmup, steps)
+  return {'images_per_sec': round(rate, 1), 'cpu_ms_per_image': round(cpu_ms, 3)}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--quick', action='store_true',
+                      help='tiny sizes, to check that the script runs')
+  args = parser.parse_args()
+  quick = args.quick
+  warmup, steps = (2, 3) if quick else (3, 20)
+  results = {'quick': quick, 'cpu_count': os.cpu_count()}
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  results['tensorflow'] = tf.__version__
+
+  with tempfile.TemporaryDirectory() as tmp:
+    # ------------------------------------------------ CIFAR-10 JPEG folder
+    if os.path.exists(CIFAR_TAR):
+      t0 = time.perf_counter()
+      root, n = _unpack_cifar(os.path.join(tmp, 'cifar'),
+                              2000 if quick else None)
+      cifar = {'images': n, 'unpack_s': round(time.perf_counter() - t0, 2)}
+      t0 = time.perf_counter()
+      info = ip.get_info(_config(root, 32))
+      cifar['scan_s'] = round(time.perf_counter() - t0, 2)
+      cifar['num_classes'] = info.num_classes
+      batch = 256
+      for name, kw in (('host_crop', {}),
+                       ('device_crop', {'crop': 'device'}),
+                       ('device_crop_cached', {'crop': 'device',
+                                               'cache': True})):
+        t0 = time.perf_counter()
+        it = ip.create_train_iterator(_config(root, 32, **kw),
+                                      local_batch_size=batch, process_index=0,
+                                      process_count=1)
+        start = time.perf_counter() - t0
+        rate, cpu_ms, first = _rate(it, batch, warmup, steps)
+        cifar[name] = {'images_per_sec': round(rate, 1),
+                       'cpu_ms_per_image': round(cpu_ms, 4),
+                       'first_batch_s': round(first + start, 2)}
+      results['cifar10_folder_32px'] = cifar
+    else:
+      results['cifar10_folder_32px'] = f'skipped: {CIFAR_TAR} not found'
+
+    # ------------------------------------------ 500x375 JPEGs, host crop
+    photos = os.path.join(tmp, 'photos')
+    os.makedirs(photos)
+    count = 48 if quick else 512
+    _write_photos(photos, count)
+    batch = 16 if quick else 64
+    config = _config(photos, 224)
+    it = ip.create_train_iterator(config, local_batch_size=batch,
+                                  process_index=0, process_count=1)
+    rate, cpu_ms, first = _rate(it, batch, warmup, steps)
+    paths = sorted(os.path.join(photos, f) for f in os.listdir(photos))
+    results['jpeg_500x375_host_crop_224'] = {
+        'images': count,
+        'pipeline': {'images_per_sec': round(rate, 1),
+                     'cpu_ms_per_image': round(cpu_ms, 3),
+                     'first_batch_s': round(first, 2)},
+        'plain_map_decode_and_crop': _flat_rate(paths, config, batch, warmup,
+                                                steps, False),
+        'plain_map_full_decode': _flat_rate(paths, config, batch, warmup,
+                                            steps, True),
+    }
+  print(json.dumps(results, indent=2))
+
+
+if __name__ == '__main__':
+  main()

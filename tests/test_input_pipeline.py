@@ -1,0 +1,522 @@
+"""The input pipeline: digits, image folders and TFDS (mocked or built locally).
+
+Every test checks a property (pixels equal a reference decoder, splits are
+disjoint and cover the data, batches are a function of seed and step), not
+only that the pipeline runs. Nothing here touches the network.
+"""
+
+import logging
+import os
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from configs import default
+from simclr_jax import input_pipeline as ip
+
+tf.config.set_visible_devices([], 'GPU')
+
+
+def _config(**data):
+  config = default.get_config()
+  config.seed = 0
+  config.data.eval_split = ''
+  config.data.holdout_fraction = 0.0
+  config.data.num_parallel_calls = 2
+  config.data.prefetch = 1
+  for k, v in data.items():
+    setattr(config.data, k, v)
+  return config
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def _assert_batches_equal(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+
+
+# ------------------------------------------------------------------ digits
+
+
+def test_digits_pixels_info_and_holdout():
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  raw = load_digits()
+  config = _config(source='digits', resize_to=0, holdout_fraction=0.2)
+  config.image_size = 8
+  info = ip.get_info(config)
+  assert info == ip.DatasetInfo(num_train_examples=1438, num_eval_examples=359,
+                                num_classes=10, train_image_shape=(8, 8, 3),
+                                crop_on_host=False)
+  train_idx, eval_idx = ip.holdout_split(1797, 0.2)
+  assert not set(train_idx) & set(eval_idx)
+  assert len(train_idx) + len(eval_idx) == 1797
+  # The eval split is the holdout, in order, with 0..255 pixels on 3 channels.
+  batches = list(ip.create_eval_iterator(config, 'eval', local_batch_size=100,
+                                         process_index=0, process_count=1))
+  assert len(batches) == 4 and [b['mask'].sum() for b in batches] == [
+      100, 100, 100, 59]
+  images = np.concatenate([b['image'][b['mask']] for b in batches])
+  labels = np.concatenate([b['label'][b['mask']] for b in batches])
+  expected = np.round(raw.images[eval_idx] * 255 / 16).astype(np.uint8)
+  np.testing.assert_array_equal(images, np.repeat(expected[..., None], 3, -1))
+  np.testing.assert_array_equal(labels, raw.target[eval_idx])
+  assert batches[-1]['image'][59:].max() == 0 and not batches[-1]['mask'][59:].any()
+
+
+def test_bilinear_resize_matches_tensorflow():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+  for size in (16, 32, 12):
+    ours = ip.resize_bilinear_uint8(images, size).astype(int)
+    ref = tf.image.resize(images, [size, size], method='bilinear').numpy()
+    ref = np.clip(np.round(ref), 0, 255).astype(int)
+    assert np.abs(ours - ref).max() <= 1
+
+
+def test_digits_batches_are_a_function_of_seed_and_step():
+  config = _config(source='digits', resize_to=16, holdout_fraction=0.2)
+  kw = dict(local_batch_size=256, process_index=0, process_count=1)
+  info = ip.get_info(config)
+  assert info.train_image_shape == (16, 16, 3)
+  run = _take(ip.create_train_iterator(config, **kw), 8)  # Crosses an epoch.
+  resumed = _take(ip.create_train_iterator(config, start_step=5, **kw), 3)
+  _assert_batches_equal(run[5:], resumed)
+  for b in run:
+    assert b['image'].shape == (256, 16, 16, 3) and b['image'].dtype == np.uint8
+    assert b['label'].dtype == np.int32 and b['label'].min() >= 0
+  config.seed = 1
+  other = _take(ip.create_train_iterator(config, **kw), 1)[0]
+  assert not np.array_equal(other['label'], run[0]['label'])
+
+
+def test_epoch_order_is_a_permutation_per_epoch():
+  order = ip._EpochOrder(seed=3, process_index=1, num_local=50,
+                         local_batch_size=8, steps_per_epoch=6)
+  for epoch in range(2):
+    seen = np.concatenate([order.step_indices(epoch * 6 + j) for j in range(6)])
+    assert len(set(seen)) == 48 and seen.max() < 50
+  assert not np.array_equal(order.step_indices(0), order.step_indices(6))
+  # Spares continue the same permutation.
+  np.testing.assert_array_equal(order.step_indices(2, spares=3)[:8],
+                                order.step_indices(2))
+
+
+def test_digits_eval_parts_cover_every_example_once():
+  config = _config(source='digits', resize_to=0, holdout_fraction=0.2)
+  config.image_size = 8
+  n_proc = 3
+  parts = [list(ip.create_eval_iterator(config, 'train', local_batch_size=128,
+                                        process_index=p, process_count=n_proc))
+           for p in range(n_proc)]
+  assert len({len(p) for p in parts}) == 1  # Same number of batches everywhere.
+  got = sorted(np.concatenate([b['label'][b['mask']] for p in parts for b in p]))
+  train_idx, _ = ip.holdout_split(1797, 0.2)
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  np.testing.assert_array_equal(got, sorted(load_digits().target[train_idx]))
+  idx = np.arange(100)
+  split = [ip.process_part(idx, p, 3) for p in range(3)]
+  np.testing.assert_array_equal(np.sort(np.concatenate(split)), idx)
+
+
+def test_digits_needs_empty_eval_split():
+  config = _config(source='digits', eval_split='validation')
+  with pytest.raises(ValueError, match='eval_split'):
+    ip.get_info(config)
+
+
+# ------------------------------------------------------------ image folders
+
+
+def _rgb(seed, h=24, w=20):
+  return np.random.default_rng(seed).integers(0, 256, (h, w, 3), np.uint8)
+
+
+def _write_mixed_folder(root):
+  """A labelled folder of every format; returns {relative path: RGB array}."""
+  expected = {}
+  cat, dog = os.path.join(root, 'cat'), os.path.join(root, 'dog', 'sub')
+  os.makedirs(cat)
+  os.makedirs(dog)
+
+  def save(rel, pil_image, rgb, **kw):
+    pil_image.save(os.path.join(root, rel), **kw)
+    expected[rel] = rgb
+
+  x = _rgb(1)
+  save('cat/a.png', Image.fromarray(x), x)
+  gray = _rgb(2)[..., 0]
+  save('cat/b_gray.png', Image.fromarray(gray), np.repeat(gray[..., None], 3, -1))
+  pal = Image.fromarray(_rgb(3)).quantize(16)
+  save('cat/c_palette.png', pal, np.asarray(pal.convert('RGB')))
+  x = _rgb(4)
+  rgba = np.concatenate([x, _rgb(5)[..., :1]], -1)
+  save('cat/d_rgba.PNG', Image.fromarray(rgba), x)
+  g16 = np.random.default_rng(6).integers(0, 65536, (24, 20)).astype(np.uint16)
+  save('cat/e_16bit.png', Image.fromarray(g16),
+       np.repeat((g16 >> 8).astype(np.uint8)[..., None], 3, -1))  # TF's rule.
+  x = _rgb(7)
+  save('cat/f.bmp', Image.fromarray(x), x)
+  pal = Image.fromarray(_rgb(8)).quantize(32)
+  save('dog/sub/g.gif', pal, np.asarray(pal.convert('RGB')))
+  x = _rgb(9)
+  save('dog/sub/h.webp', Image.fromarray(x), x, lossless=True)
+  yy, xx = np.mgrid[0:24, 0:20]
+  x = np.stack([yy * 10, xx * 12, 255 - yy * 10], -1).astype(np.uint8)
+  save('dog/i.jpg', Image.fromarray(x), x, quality=95)  # Smooth: JPEG-safe.
+  # 16-bit RGB PNG (PIL cannot write it).
+  x16 = _rgb(11).astype(np.uint16) * 257
+  tf.io.write_file(os.path.join(root, 'dog/j_rgb16.png'), tf.io.encode_png(x16))
+  expected['dog/j_rgb16.png'] = _rgb(11)
+  with open(os.path.join(root, 'dog', 'corrupt.jpg'), 'wb') as f:
+    f.write(os.urandom(500))
+  with open(os.path.join(root, 'cat', 'notes.txt'), 'w') as f:
+    f.write('not an image')
+  return expected
+
+
+@pytest.fixture(scope='module')
+def mixed_folder(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('mixed'))
+  return root, _write_mixed_folder(root)
+
+
+def test_folder_reads_every_format_as_rgb(mixed_folder, caplog):
+  root, expected = mixed_folder
+  ip._scan_folder.cache_clear()
+  with caplog.at_level(logging.WARNING):
+    scan = ip.scan_folder(root)
+  assert [os.path.relpath(p, root) for p in scan.skipped] == ['dog/corrupt.jpg']
+  warnings = [r.getMessage() for r in caplog.records if 'Skipping' in r.getMessage()]
+  assert len(warnings) == 1 and 'Skipping 1 ' in warnings[0]
+  assert 'corrupt.jpg' in warnings[0]
+  rel = [os.path.relpath(p, root) for p in scan.paths]
+  assert sorted(rel) == sorted(expected)  # notes.txt ignored, corrupt skipped.
+  assert scan.class_names == ('cat', 'dog')
+
+  config = _config(source='folder', data_dir=root)
+  config.image_size = 20  # Images are 24x20: <= 32 px, so no centre crop.
+  config.data.eval_crop_fraction = 1.0
+  info = ip.get_info(config)
+  assert (info.num_classes, info.num_train_examples, info.crop_on_host) == (
+      2, 10, True)
+  batches = list(ip.create_eval_iterator(config, 'train', local_batch_size=4,
+                                         process_index=0, process_count=1))
+  assert len(batches) == 3 and sum(b['mask'].sum() for b in batches) == 10
+  images = np.concatenate([b['image'] for b in batches])[:10]
+  labels = np.concatenate([b['label'] for b in batches])[:10]
+  for r, image, label in zip(rel, images, labels):
+    assert label == (0 if r.startswith('cat/') else 1), r
+    # image_size 20 squashes 24x20 to 20x20; compare with the same resize.
+    ref = tf.image.resize(expected[r], [20, 20], method='bicubic').numpy()
+    ref = np.clip(np.round(ref), 0, 255)
+    tol = 3 if r.endswith('.jpg') else 1
+    err = np.abs(image.astype(float) - ref).mean()
+    assert err <= tol, (r, err)
+
+
+def test_folder_device_crop_reads_exact_pixels(mixed_folder):
+  root, expected = mixed_folder
+  config = _config(source='folder', data_dir=root, crop='device')
+  info = ip.get_info(config)
+  assert info.train_image_shape == (24, 20, 3) and not info.crop_on_host
+  rel = [os.path.relpath(p, root) for p in ip.scan_folder(root).paths]
+  lossless = np.array([not r.endswith('.jpg') for r in rel])
+  by_bytes = {expected[r].tobytes(): r for r, ok in zip(rel, lossless) if ok}
+  batch = next(ip.create_train_iterator(config, local_batch_size=10,
+                                        process_index=0, process_count=1))
+  # Every lossless image of the epoch appears with its exact pixels and label.
+  found = [by_bytes.get(im.tobytes()) for im in batch['image']]
+  assert sorted(f for f in found if f) == sorted(by_bytes.values())
+  for name, label in zip(found, batch['label']):
+    if name:
+      assert label == (0 if name.startswith('cat/') else 1)
+
+
+def test_folder_bad_file_at_decode_time_is_replaced(tmp_path, caplog):
+  root = str(tmp_path)
+  for i in range(12):
+    Image.fromarray(_rgb(i, 40, 48)).save(f'{root}/{i:02d}.jpg', quality=90)
+  good = open(f'{root}/00.jpg', 'rb').read()
+  with open(f'{root}/99_truncated.jpg', 'wb') as f:  # Header fine, data not.
+    f.write(good[:len(good) // 3])
+  with open(f'{root}/readme.md', 'w') as f:
+    f.write('# not an image')
+  config = _config(source='folder', data_dir=root)
+  config.image_size = 16
+  info = ip.get_info(config)
+  assert info == ip.DatasetInfo(13, 0, 0, (2, 16, 16, 3), True)
+  kw = dict(local_batch_size=6, process_index=0, process_count=1)
+  run = _take(ip.create_train_iterator(config, **kw), 6)  # Three epochs.
+  for b in run:
+    assert b['image'].shape == (6, 2, 16, 16, 3) and b['image'].dtype == np.uint8
+    np.testing.assert_array_equal(b['label'], -1)
+    assert not np.array_equal(b['image'][:, 0], b['image'][:, 1])
+  _assert_batches_equal(
+      run[3:], _take(ip.create_train_iterator(config, start_step=3, **kw), 3))
+  config.seed = 5
+  other = next(ip.create_train_iterator(config, **kw))
+  assert not np.array_equal(other['image'], run[0]['image'])
+
+
+def test_folder_whole_image_crop_equals_resize(tmp_path):
+  root = str(tmp_path)
+  x = _rgb(0, 30, 45)
+  Image.fromarray(x).save(f'{root}/a.jpg', quality=95)
+  Image.fromarray(x).save(f'{root}/b.png')
+  config = _config(source='folder', data_dir=root, crop='host')
+  config.image_size = 12
+  config.augment.crop_scale = (1.0, 1.0)
+  config.augment.crop_ratio = (1.5, 1.5)  # The aspect ratio of the images.
+  config.data.eval_crop_fraction = 1.0
+  batch = next(ip.create_train_iterator(config, local_batch_size=2,
+                                        process_index=0, process_count=1))
+  ev = next(ip.create_eval_iterator(config, 'train', local_batch_size=2,
+                                    process_index=0, process_count=1))
+  for view in (0, 1):
+    got = sorted(im.tobytes() for im in batch['image'][:, view])
+    assert got == sorted(im.tobytes() for im in ev['image'])
+
+
+def test_host_crop_area_statistics(tmp_path):
+  root = str(tmp_path)
+  # A horizontal ramp: the mean column of a view tells where it was cut from.
+  ramp = np.broadcast_to(np.arange(256, dtype=np.uint8)[None, :, None],
+                         (256, 256, 3)).copy()
+  for i in range(16):
+    Image.fromarray(ramp).save(f'{root}/ramp{i}.png')
+  config = _config(source='folder', data_dir=root, crop='host')
+  config.image_size = 8
+  config.augment.crop_scale = (0.25, 0.25)
+  config.augment.crop_ratio = (1.0, 1.0)
+  batches = _take(ip.create_train_iterator(
+      config, local_batch_size=16, process_index=0, process_count=1), 3)
+  views = np.concatenate([b['image'] for b in batches]).reshape(-1, 8, 8, 3)
+  views = views.astype(float)
+  # A square window of area 1/4 is 128 px wide: each view spans ~128 levels.
+  spans = views[:, :, -1, 0].mean(1) - views[:, :, 0, 0].mean(1)
+  assert np.all(np.abs(spans - 128 * 7 / 8) < 6)
+  lefts = views[:, :, 0, 0].mean(1)
+  assert lefts.min() < 30 and lefts.max() > 100  # Offsets spread over [0, 128].
+
+
+def test_folder_cache_gives_the_same_batches(tmp_path):
+  root = str(tmp_path)
+  for c in ('a', 'b'):
+    os.makedirs(f'{root}/{c}')
+    for i in range(7):
+      x = _rgb(i + (c == 'b') * 100, 10, 12)
+      x[0, -1] = 0  # A BMP's last byte is then NUL: cached bytes keep it.
+      Image.fromarray(x).save(f'{root}/{c}/{i}_\u00e9t\u00e9.' +
+                              ('bmp' if c == 'b' else 'png'))
+  config = _config(source='folder', data_dir=root, crop='device')
+  kw = dict(local_batch_size=4, process_index=1, process_count=2)
+  streamed = _take(ip.create_train_iterator(config, **kw), 4)
+  config.data.cache = True
+  cached = _take(ip.create_train_iterator(config, **kw), 4)
+  _assert_batches_equal(streamed, cached)
+  config.data.crop = 'host'
+  config.image_size = 8
+  hosted = _take(ip.create_train_iterator(config, start_step=2, **kw), 1)
+  config.data.cache = False
+  _assert_batches_equal(
+      hosted, _take(ip.create_train_iterator(config, start_step=2, **kw), 1))
+
+
+def test_unlabelled_and_bad_folders(tmp_path):
+  flat = tmp_path / 'flat'
+  (flat / 'nested').mkdir(parents=True)
+  Image.fromarray(_rgb(0)).save(flat / 'x.png')
+  Image.fromarray(_rgb(1)).save(flat / 'nested' / 'y.png')
+  config = _config(source='folder', data_dir=str(flat))
+  info = ip.get_info(config)
+  assert (info.num_classes, info.num_train_examples) == (0, 2)
+  batch = next(ip.create_eval_iterator(config, 'train', local_batch_size=2,
+                                       process_index=0, process_count=1))
+  np.testing.assert_array_equal(batch['label'], [-1, -1])
+  empty = tmp_path / 'empty'
+  (empty / 'cls').mkdir(parents=True)
+  (empty / 'cls' / 'a.txt').write_text('hello')
+  for path, match in ((empty, 'no images'), (tmp_path / 'missing', 'not a directory')):
+    config = _config(source='folder', data_dir=str(path))
+    with pytest.raises(ValueError, match=match):
+      ip.get_info(config)
+  broken = tmp_path / 'broken'
+  broken.mkdir()
+  (broken / 'a.png').write_bytes(b'garbage')
+  with pytest.raises(ValueError, match='readable'):
+    ip.get_info(_config(source='folder', data_dir=str(broken)))
+
+
+# -------------------------------------------------------------------- TFDS
+
+
+class TinyFixed(tfds.core.GeneratorBasedBuilder):
+  """50 + 10 8x8 images whose pixels encode their id (train: 0.., test: 1000..)."""
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(shape=(8, 8, 3)),
+        'label': tfds.features.ClassLabel(num_classes=3)}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {'train': self._generate_examples(50, 0),
+            'test': self._generate_examples(10, 1000)}
+
+  def _generate_examples(self, n, first):
+    for i in range(first, first + n):
+      image = np.full((8, 8, 3), i % 256, np.uint8)
+      image[0, 0] = i // 256
+      yield i, {'image': image, 'label': i % 3}
+
+
+def _ids(images):
+  return images[:, 1, 1, 0].astype(int) + 256 * images[:, 0, 0, 0].astype(int)
+
+
+@pytest.fixture(scope='module')
+def tiny_tfds(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  TinyFixed(data_dir=data_dir).download_and_prepare()
+  return data_dir
+
+
+def _tfds_config(data_dir, **data):
+  data = {'eval_split': 'test', **data}
+  return _config(source='tfds', name='tiny_fixed', data_dir=data_dir, **data)
+
+
+@pytest.mark.parametrize('streamed', [False, True])
+def test_tfds_processes_are_disjoint_and_resumable(tiny_tfds, streamed,
+                                                   monkeypatch):
+  if streamed:  # Force the streaming reader for this fixed-size dataset.
+    monkeypatch.setattr(ip, '_MAX_IN_MEMORY_BYTES', 0)
+  config = _tfds_config(tiny_tfds)
+  config.image_size = 8
+  info = ip.get_info(config)
+  assert (info.num_train_examples, info.num_eval_examples, info.num_classes,
+          info.train_image_shape) == (50, 10, 3, (8, 8, 3))
+  assert isinstance(ip._get_source(config),
+                    ip._TfdsStreamSource if streamed else ip._TfdsArraySource)
+  seen = []
+  for p in range(2):
+    kw = dict(local_batch_size=5, process_index=p, process_count=2)
+    run = _take(ip.create_train_iterator(config, **kw), 7)  # Epoch: 5 steps.
+    epoch = np.concatenate([_ids(b['image']) for b in run[:5]])
+    assert len(set(epoch)) == 25
+    for b in run:
+      np.testing.assert_array_equal(b['label'], _ids(b['image']) % 3)
+    seen.append(set(epoch))
+    _assert_batches_equal(
+        run[4:], _take(ip.create_train_iterator(config, start_step=4, **kw), 3))
+  assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(50))
+  for split, ids in (('train', range(50)), ('eval', range(1000, 1010))):
+    got = []
+    for p in range(3):
+      batches = list(ip.create_eval_iterator(
+          config, split, local_batch_size=4, process_index=p, process_count=3))
+      assert len(batches) == (5 if split == 'train' else 1)
+      got += [i for b in batches for i in _ids(b['image'])[b['mask']]]
+    assert sorted(got) == list(ids)
+
+
+def test_tfds_holdout_and_split_errors(tiny_tfds):
+  config = _tfds_config(tiny_tfds, eval_split='', holdout_fraction=0.2)
+  config.image_size = 8
+  info = ip.get_info(config)
+  assert (info.num_train_examples, info.num_eval_examples) == (40, 10)
+  ev = list(ip.create_eval_iterator(config, 'eval', local_batch_size=10,
+                                    process_index=0, process_count=1))
+  train_ids = set()
+  for b in _take(ip.create_train_iterator(
+      config, local_batch_size=10, process_index=0, process_count=1), 4):
+    train_ids |= set(_ids(b['image']))
+  eval_ids = set(_ids(ev[0]['image']))
+  assert len(train_ids) == 40 and len(eval_ids) == 10
+  assert train_ids | eval_ids == set(range(50))
+  with pytest.raises(ValueError, match="no split 'validation'"):
+    ip.get_info(_tfds_config(tiny_tfds, eval_split='validation'))
+
+
+def test_tfds_not_prepared_fails_fast(tmp_path):
+  start = time.perf_counter()
+  for name, match in (('cifar10', 'not prepared'), ('imagenette', 'not prepared'),
+                      ('no_such_dataset_xyz', 'cannot be loaded')):
+    config = _config(source='tfds', name=name, data_dir=str(tmp_path),
+                     download=False)
+    with pytest.raises(ValueError, match=match):
+      ip.get_info(config)
+  assert time.perf_counter() - start < 10
+
+
+def test_tfds_mock_cifar10_in_memory():
+  config = _config(source='tfds', name='cifar10', eval_split='test',
+                   download=True)
+  config.image_size = 32
+  with tfds.testing.mock_data(num_examples=24):
+    info = ip.get_info(config)
+    assert (info.num_classes, info.train_image_shape, info.crop_on_host) == (
+        10, (32, 32, 3), False)
+    kw = dict(local_batch_size=8, process_index=0, process_count=1)
+    run = _take(ip.create_train_iterator(config, **kw), 4)
+    _assert_batches_equal(
+        run[2:], _take(ip.create_train_iterator(config, start_step=2, **kw), 2))
+    epoch = np.concatenate([b['image'] for b in run[:3]])
+    assert len({im.tobytes() for im in epoch}) == 24  # Each example once.
+    ev = list(ip.create_eval_iterator(config, 'eval', local_batch_size=16,
+                                      process_index=0, process_count=1))
+    assert [b['mask'].sum() for b in ev] == [16, 8]
+    assert all(0 <= y < 10 for b in ev for y in b['label'][b['mask']])
+
+
+def test_tfds_mock_imagenette_host_crop():
+  config = _config(source='tfds', name='imagenette', eval_split='validation',
+                   download=True)
+  config.image_size = 24
+  with tfds.testing.mock_data(num_examples=12):
+    info = ip.get_info(config)
+    assert info.crop_on_host and info.train_image_shape == (2, 24, 24, 3)
+    kw = dict(local_batch_size=4, process_index=0, process_count=1)
+    run = _take(ip.create_train_iterator(config, **kw), 4)
+    for b in run:
+      assert b['image'].shape == (4, 2, 24, 24, 3) and b['image'].dtype == np.uint8
+      assert b['label'].dtype == np.int32
+    _assert_batches_equal(
+        run[2:], _take(ip.create_train_iterator(config, start_step=2, **kw), 2))
+    ev = list(ip.create_eval_iterator(config, 'eval', local_batch_size=8,
+                                      process_index=0, process_count=1))
+    assert [b['image'].shape for b in ev] == [(8, 24, 24, 3)] * 2
+    assert [b['mask'].sum() for b in ev] == [8, 4]
+
+
+def test_tfds_split_arithmetic_and_labelled_part(tiny_tfds):
+  config = _tfds_config(tiny_tfds, train_split='train+test')
+  assert ip.get_info(config).num_train_examples == 60
+  assert ip._labelled_part('train+unlabelled', ['train', 'unlabelled']) == 'train'
+  assert ip._labelled_part('unlabelled', ['train', 'unlabelled', 'test']) == 'train'
+  assert ip._labelled_part('train[:50%]+test', []) == 'train[:50%]+test'
+
+
+def test_digits_host_crop():
+  config = _config(source='digits', resize_to=16, crop='host')
+  config.image_size = 12
+  info = ip.get_info(config)
+  assert info.crop_on_host and info.train_image_shape == (2, 12, 12, 3)
+  kw = dict(local_batch_size=64, process_index=1, process_count=2)
+  run = _take(ip.create_train_iterator(config, **kw), 3)
+  assert run[0]['image'].shape == (64, 2, 12, 12, 3)
+  assert run[0]['image'].dtype == np.uint8
+  assert not np.array_equal(run[0]['image'][:, 0], run[0]['image'][:, 1])
+  _assert_batches_equal(
+      run[1:], _take(ip.create_train_iterator(config, start_step=1, **kw), 2))
