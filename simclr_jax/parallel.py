@@ -105,5 +105,20 @@ def host_to_global(batch: Any, mesh: jax.sharding.Mesh) -> Any:
 
 
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
-  """Places a pytree (NumPy or jax arrays) replicated on every mesh device."""
-  return jax.device_put(tree, replicated(mesh))
+  """Places a pytree replicated on every mesh device.
+
+  Leaves are NumPy arrays, jax arrays or typed PRNG keys; every process must
+  pass the same values.
+  """
+  sharding = replicated(mesh)
+
+  def put(x):
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(
+        x.dtype, jax.dtypes.prng_key):
+      # device_put rejects typed keys for meshes that span several processes:
+      # move the raw key data and wrap it again.
+      data = jax.device_put(jax.random.key_data(x), sharding)
+      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    return jax.device_put(x, sharding)
+
+  return jax.tree.map(put, tree)

@@ -1,0 +1,460 @@
+r"""Throughput of the SimCLR train step on synthetic data; prints one JSON object.
+
+    python bench/train_bench.py                 # ResNet-18/32 px and ResNet-50/224 px
+    python bench/train_bench.py --quick         # tiny widths and batches, ~40 s
+    python bench/train_bench.py --cases=r18_32 --batch_r18=1024 --dtype=bfloat16
+    python bench/train_bench.py --quick --compare_torch   # + a PyTorch step
+
+Cases (each the train step of `simclr_jax.train`, built exactly as
+`train_and_evaluate` builds it: `models.create_model(axis_name='batch')`,
+`optim.create_optimizer`, `train.create_train_state`, `train.make_train_step`):
+
+  r18_32   ResNet-18, CIFAR stem, 32 px, blur off, 10-class online probe; the
+           batch is whole uint8 images (B, 32, 32, 3) and the device does every
+           augmentation, crop included (as for CIFAR-10).
+  r50_224  ResNet-50, ImageNet stem, 224 px, blur on, 1000-class probe; the
+           batch is host-cropped uint8 views (B, 2, 224, 224, 3) and the device
+           does flip, colour, grayscale and blur (as for ImageNet).
+
+Both use LARS, NT-Xent over the all-gathered global batch and global
+BatchNorm over every device. Random uint8 batches are placed with
+`parallel.host_to_global` before timing: the numbers are the device step
+alone, without the input pipeline. An image (example) gives two views: the
+network sees 2B images per step (`views_per_sec`).
+
+Times: `train_step.lower(...).compile()` is timed on its own
+(`compile_s`); then `--warmup` steps, then `--steps` steps each timed with
+`block_until_ready` (mean and median). FLOPs come from XLA's cost analysis
+of the compiled step: the step is one `jax.shard_map` program, so the count
+is per device (`flops_per_step_per_device`); `flops_per_step` multiplies by
+the device count. `mfu` = per-device FLOP/s / per-device peak (--peak_tflops,
+or a built-in value for known accelerators: dense bf16, or TF32 when the
+compute dtype is float32); null on CPU.
+
+Does not import TensorFlow (it runs where only jax, flax, optax, chex and
+orbax are installed). On CPU it splits the host into --cpu_devices XLA
+devices unless XLA_FLAGS already sets a count. --quick (base width 8, batches
+16 and 8, 3 steps) also sets XLA_FLAGS=--xla_backend_optimization_level=0 so
+it compiles in seconds: a smoke check whose times mean little.
+"""
+
+import argparse
+import os
+import sys
+
+
+def _parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(
+      description='Throughput of the simclr_jax train step (JSON on stdout).')
+  p.add_argument('--quick', action='store_true',
+                 help='tiny widths and batches: a smoke check in seconds')
+  p.add_argument('--cases', default='r18_32,r50_224',
+                 help='comma-separated: r18_32, r50_224')
+  p.add_argument('--batch_r18', type=int, default=512,
+                 help='global batch (examples) of r18_32')
+  p.add_argument('--batch_r50', type=int, default=256,
+                 help='global batch (examples) of r50_224')
+  p.add_argument('--base_width', type=int, default=0,
+                 help='ResNet base width (0: 64, or 8 with --quick)')
+  p.add_argument('--dtype', default='auto',
+                 choices=('auto', 'float32', 'bfloat16'),
+                 help='compute dtype; auto = bfloat16 on GPU/TPU, float32 on CPU')
+  p.add_argument('--steps', type=int, default=0,
+                 help='timed steps (0: 20, or 3 with --quick)')
+  p.add_argument('--warmup', type=int, default=-1,
+                 help='untimed steps first (-1: 2, or 1 with --quick)')
+  p.add_argument('--num_devices', type=int, default=0,
+                 help='devices of the mesh (0: all)')
+  p.add_argument('--peak_tflops', type=float, default=None,
+                 help='peak dense TFLOP/s of ONE device for the MFU '
+                      '(default: built-in for known GPUs/TPUs, none on CPU)')
+  p.add_argument('--cpu_devices', type=int, default=8,
+                 help='XLA CPU devices when XLA_FLAGS does not set a count '
+                      '(0: leave XLA alone)')
+  p.add_argument('--compare_torch', action='store_true',
+                 help='also time a plain PyTorch ResNet-18 SimCLR step (r18_32)')
+  p.add_argument('--torch_threads', type=int, default=0,
+                 help='torch.set_num_threads (0: torch default)')
+  args = p.parse_args(argv)
+  cases = [c.strip() for c in args.cases.split(',') if c.strip()]
+  unknown = sorted(set(cases) - set(CASES))
+  if unknown or not cases:
+    p.error(f'--cases must name some of {", ".join(CASES)}, got {args.cases!r}')
+  args.cases = cases
+  for name in ('batch_r18', 'batch_r50', 'base_width', 'steps',
+               'num_devices', 'cpu_devices', 'torch_threads'):
+    if getattr(args, name) < 0:
+      p.error(f'--{name} must be >= 0, got {getattr(args, name)}')
+  if args.batch_r18 == 0 or args.batch_r50 == 0:
+    p.error('--batch_r18 and --batch_r50 must be positive')
+  if args.peak_tflops is not None and args.peak_tflops <= 0:
+    p.error(f'--peak_tflops must be positive, got {args.peak_tflops}')
+  if args.quick:
+    args.batch_r18 = min(args.batch_r18, 16)
+    args.batch_r50 = min(args.batch_r50, 8)
+  args.base_width = args.base_width or (8 if args.quick else 64)
+  args.steps = args.steps or (3 if args.quick else 20)
+  if args.warmup < 0:
+    args.warmup = 1 if args.quick else 2
+  return args
+
+
+CASES = ('r18_32', 'r50_224')
+
+if __name__ == '__main__':
+  ARGS = _parse_args()
+  # Virtual CPU devices must exist before JAX starts.
+  _flags = os.environ.get('XLA_FLAGS', '')
+  if ARGS.cpu_devices and 'xla_force_host_platform_device_count' not in _flags:
+    os.environ['XLA_FLAGS'] = (
+        _flags + f' --xla_force_host_platform_device_count={ARGS.cpu_devices}'
+    ).strip()
+  if ARGS.quick and 'xla_backend_optimization_level' not in _flags:
+    # A smoke check: XLA compiles ~3x faster without LLVM optimisations (the
+    # step then runs slower; --quick times are not representative).
+    os.environ['XLA_FLAGS'] += ' --xla_backend_optimization_level=0'
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=g-import-not-at-top,g-bad-import-order,wrong-import-position
+import json
+import platform
+import statistics
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import default
+from simclr_jax import models
+from simclr_jax import optim
+from simclr_jax import parallel
+from simclr_jax import train
+
+# Peak dense TFLOP/s of one device: (bfloat16, float32 as TF32 on GPUs).
+# Matched against `device_kind` in order (first substring that occurs).
+PEAK_TFLOPS = (
+    ('H100 PCIe', (756.0, 378.0)),
+    ('H100', (989.0, 494.7)),  # SXM (e.g. 'NVIDIA H100 80GB HBM3').
+    ('H200', (989.0, 494.7)),
+    ('A100', (312.0, 156.0)),
+    ('TPU v6 lite', (918.0, None)),
+    ('TPU v5 lite', (197.0, None)),
+    ('TPU v4', (275.0, None)),
+)
+
+
+def peak_tflops(device_kind: str, dtype: str) -> float | None:
+  """Built-in peak dense TFLOP/s of one device of `device_kind`, or None."""
+  for name, (bf16, f32) in PEAK_TFLOPS:
+    if name.lower() in device_kind.lower():
+      return bf16 if dtype == 'bfloat16' else f32
+  return None
+
+
+def case_config(case: str, args: argparse.Namespace) -> tuple[Any, int, tuple]:
+  """(config, num_classes, per-example batch shape) of one case."""
+  config = default.get_config()
+  config.model.base_width = args.base_width
+  config.model.dtype = args.dtype
+  config.optim.warmup_epochs = 0.0
+  if case == 'r18_32':
+    config.image_size = 32
+    config.model.depth = 18
+    config.model.stem = 'cifar'
+    config.augment.blur = False
+    config.train.global_batch_size = args.batch_r18
+    return config, 10, (32, 32, 3)
+  if case == 'r50_224':
+    config.image_size = 224
+    config.model.depth = 50
+    config.model.stem = 'imagenet'
+    config.train.global_batch_size = args.batch_r50
+    return config, 1000, (2, 224, 224, 3)
+  raise ValueError(f'unknown case {case!r}; known: {CASES}')
+
+
+def xla_flops(compiled: Any) -> float | None:
+  """FLOPs of a compiled executable from XLA's cost analysis, or None.
+
+  `cost_analysis()` is a dict on JAX 0.10 (a list with one dict per program
+  on older versions); for a shard_map program it describes one device.
+  """
+  try:
+    analysis = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else None
+  if not analysis or analysis.get('flops') is None:
+    return None
+  flops = float(analysis['flops'])
+  return flops if flops > 0 else None
+
+
+def device_memory_bytes(compiled: Any) -> int | None:
+  """Per-device bytes of arguments + outputs + temporaries (no aliasing)."""
+  try:
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes +
+               m.temp_size_in_bytes - m.alias_size_in_bytes)
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def run_case(case: str, args: argparse.Namespace, mesh: jax.sharding.Mesh,
+             peak: float | None) -> dict[str, Any]:
+  """Compiles and times the train step of one case; returns its JSON record."""
+  config, num_classes, shape = case_config(case, args)
+  batch = config.train.global_batch_size
+  if batch % mesh.size:
+    raise ValueError(f'{case}: global batch {batch} is not divisible by the '
+                     f'{mesh.size} devices; change --batch_r18/--batch_r50')
+  total_steps = args.warmup + args.steps + 1
+  model = models.create_model(config.model, num_classes=num_classes,
+                              axis_name=parallel.AXIS)
+  tx, schedule = optim.create_optimizer(config, total_steps, total_steps)
+  init_key, train_key = jax.random.split(jax.random.key(config.seed))
+  t0 = time.perf_counter()
+  state = train.create_train_state(model, tx, config.image_size, init_key,
+                                   mesh)
+  jax.block_until_ready(state)
+  init_s = time.perf_counter() - t0
+  train_key = parallel.replicate(train_key, mesh)
+  step_fn = train.make_train_step(model, tx, config, mesh, schedule,
+                                  num_classes)
+
+  rng = np.random.default_rng(0)
+  batches = []
+  for _ in range(2):  # Two different batches, alternated.
+    host = {'image': rng.integers(0, 256, (batch,) + shape, dtype=np.uint8),
+            'label': rng.integers(0, num_classes, (batch,)).astype(np.int32)}
+    batches.append(parallel.host_to_global(host, mesh))
+
+  t0 = time.perf_counter()
+  lowered = step_fn.lower(state, batches[0]['image'], batches[0]['label'],
+                          train_key)
+  lower_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - t0
+
+  def one_step(i):
+    nonlocal state
+    b = batches[i % 2]
+    state, metrics = compiled(state, b['image'], b['label'], train_key)
+    return metrics
+
+  for i in range(args.warmup):
+    jax.block_until_ready(one_step(i))
+  times = []
+  metrics = None
+  for i in range(args.steps):
+    t0 = time.perf_counter()
+    metrics = one_step(i)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - t0)
+  loss = float(jax.device_get(metrics['loss']))
+
+  mean_s = statistics.fmean(times)
+  median_s = statistics.median(times)
+  flops_dev = xla_flops(compiled)
+  record = {
+      'case': case,
+      'depth': config.model.depth,
+      'stem': config.model.stem,
+      'base_width': config.model.base_width,
+      'image_size': config.image_size,
+      'blur': bool(config.augment.blur),
+      'input': ('uint8 (B, H, W, 3), device crop' if len(shape) == 3 else
+                'uint8 (B, 2, S, S, 3), host-cropped views'),
+      'num_classes_probe': num_classes,
+      'dtype': config.model.dtype,
+      'global_batch': batch,
+      'per_device_batch': batch // mesh.size,
+      'num_params': models.count_params(model, config.image_size),
+      'steps_timed': args.steps,
+      'images_per_sec': batch / median_s,
+      'views_per_sec': 2 * batch / median_s,
+      'images_per_sec_from_mean': batch / mean_s,
+      'step_time_mean_ms': 1e3 * mean_s,
+      'step_time_median_ms': 1e3 * median_s,
+      'step_time_min_ms': 1e3 * min(times),
+      'compile_s': compile_s,
+      'lower_s': lower_s,
+      'init_s': init_s,
+      'final_loss': loss,
+      'memory_per_device_bytes': device_memory_bytes(compiled),
+      'flops_per_step_per_device': flops_dev,
+      'flops_per_step': None if flops_dev is None else flops_dev * mesh.size,
+      'flops_per_image': (None if flops_dev is None
+                          else flops_dev * mesh.size / batch),
+      'tflops_per_sec_per_device': (None if flops_dev is None
+                                    else flops_dev / median_s / 1e12),
+      'mfu': (None if flops_dev is None or peak is None
+              else flops_dev / median_s / (peak * 1e12)),
+  }
+  del state, batches, compiled
+  return record
+
+
+# ------------------------------------------------------------ PyTorch twin
+
+
+def torch_step_record(args: argparse.Namespace) -> dict[str, Any]:
+  """Times a plain PyTorch SimCLR step like r18_32 (no augmentation)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from torch import nn  # pylint: disable=import-outside-toplevel
+  import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
+
+  if args.torch_threads:
+    torch.set_num_threads(args.torch_threads)
+  dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+  torch.manual_seed(0)
+
+  class Block(nn.Module):
+
+    def __init__(self, cin, cout, stride):
+      super().__init__()
+      self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+      self.bn1 = nn.BatchNorm2d(cout)
+      self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+      self.bn2 = nn.BatchNorm2d(cout)
+      self.short = None
+      if stride != 1 or cin != cout:
+        self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                   nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+      y = F.relu(self.bn1(self.conv1(x)))
+      y = self.bn2(self.conv2(y))
+      return F.relu(y + (x if self.short is None else self.short(x)))
+
+  class Net(nn.Module):
+    """ResNet-18 with the CIFAR stem, 2-layer projection head, linear probe."""
+
+    def __init__(self, width, num_classes, proj_dim=128):
+      super().__init__()
+      layers = [nn.Conv2d(3, width, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(width), nn.ReLU()]
+      cin = width
+      for stage in range(4):
+        for b in range(2):
+          cout = width * 2**stage
+          layers.append(Block(cin, cout, 2 if stage and not b else 1))
+          cin = cout
+      self.encoder = nn.Sequential(*layers)
+      self.head = nn.Sequential(
+          nn.Linear(cin, cin, bias=False), nn.BatchNorm1d(cin), nn.ReLU(),
+          nn.Linear(cin, proj_dim, bias=False), nn.BatchNorm1d(proj_dim))
+      self.probe = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+      h = self.encoder(x).mean(dim=(2, 3))
+      return self.head(h), self.probe(h.detach())
+
+  def nt_xent(z, temperature=0.1):
+    z = F.normalize(z, dim=1)
+    n = z.shape[0] // 2
+    logits = z @ z.t() / temperature
+    logits.fill_diagonal_(float('-inf'))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(logits, target)
+
+  batch = args.batch_r18
+  model = Net(args.base_width, 10).to(dev)
+  opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
+                        weight_decay=1e-6)
+  views = torch.rand(2 * batch, 3, 32, 32, device=dev)
+  labels = torch.randint(0, 10, (batch,), device=dev)
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    z, logits = model(views)
+    loss = nt_xent(z) + F.cross_entropy(logits, torch.cat([labels, labels]))
+    loss.backward()
+    opt.step()
+    return loss
+
+  def sync():
+    if dev.type == 'cuda':
+      torch.cuda.synchronize()
+
+  for _ in range(args.warmup):
+    step()
+  sync()
+  times = []
+  for _ in range(args.steps):
+    t0 = time.perf_counter()
+    loss = step()
+    sync()
+    times.append(time.perf_counter() - t0)
+  median_s = statistics.median(times)
+  return {
+      'case': 'torch_r18_32',
+      'torch_version': torch.__version__,
+      'device': str(dev),
+      'num_threads': torch.get_num_threads(),
+      'dtype': 'float32',
+      'global_batch': batch,
+      'base_width': args.base_width,
+      'what': ('ResNet-18 (CIFAR stem) + 2-layer projection head + probe, '
+               'NT-Xent, SGD; random float views (no augmentation), one '
+               'process, local BatchNorm'),
+      'images_per_sec': batch / median_s,
+      'views_per_sec': 2 * batch / median_s,
+      'step_time_mean_ms': 1e3 * statistics.fmean(times),
+      'step_time_median_ms': 1e3 * median_s,
+      'final_loss': float(loss.detach()),
+  }
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+  if args.dtype == 'auto':
+    args.dtype = ('float32' if jax.devices()[0].platform == 'cpu'
+                  else 'bfloat16')
+  mesh = parallel.make_mesh(args.num_devices)
+  device = mesh.devices.flat[0]
+  peak = args.peak_tflops
+  if peak is None and device.platform != 'cpu':
+    peak = peak_tflops(device.device_kind, args.dtype)
+  result = {
+      'bench': 'train_step',
+      'quick': args.quick,
+      'jax_version': jax.__version__,
+      'platform': device.platform,
+      'device_kind': device.device_kind,
+      'device_count': mesh.size,
+      'process_count': jax.process_count(),
+      'host': platform.machine(),
+      'cpu_count': os.cpu_count(),
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'dtype': args.dtype,
+      'peak_tflops_per_device': peak,
+      'flops_source': ('XLA cost_analysis() of the compiled shard_map step: '
+                       'per device; flops_per_step = per device x devices'),
+      'timing': ('after lower().compile() and --warmup steps, each step timed '
+                 'with block_until_ready; images/s = global batch / median '
+                 'step time; no input pipeline'),
+      'cases': [run_case(c, args, mesh, peak) for c in args.cases],
+  }
+  if args.compare_torch:
+    try:
+      import torch  # pylint: disable=import-outside-toplevel,unused-import
+    except ImportError:
+      result['torch'] = None
+      result['torch_note'] = 'torch is not importable'
+    else:
+      record = torch_step_record(args)
+      result['torch'] = record
+      ours = next((c for c in result['cases'] if c['case'] == 'r18_32'), None)
+      if ours is not None:
+        result['r18_32_ours_over_torch'] = (ours['images_per_sec'] /
+                                            record['images_per_sec'])
+  result['tensorflow_imported'] = 'tensorflow' in sys.modules
+  return result
+
+
+if __name__ == '__main__':
+  print(json.dumps(main(ARGS), indent=1))
