@@ -64,6 +64,10 @@ def get_config() -> ml_collections.ConfigDict:
   aug.blur_prob = 0.5
   aug.blur_sigma = (0.1, 2.0)
   aug.blur_kernel_fraction = 0.1  # Kernel side as a fraction of image side.
+  # How augment.two_views runs over the batch: 'map' (loop over views with
+  # real branches; fastest on CPU), 'vmap' (data-parallel selects; GPU/TPU)
+  # or 'auto' ('map' on CPU, else 'vmap').
+  aug.strategy = 'auto'
 
   # ---------------------------------------------------------------- model
   config.model = model = ml_collections.ConfigDict()

@@ -46,7 +46,7 @@ def get_config():
   config.optim.weight_decay = 1e-5
 
   config.train.global_batch_size = 256
-  config.train.num_epochs = 80.0
+  config.train.num_epochs = 30.0
   config.train.log_every_steps = 25
   config.train.checkpoint_every_steps = 100
 

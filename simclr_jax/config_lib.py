@@ -88,6 +88,7 @@ def validate(config: Any, workdir: str | None = None) -> None:
   _require(0 < a.crop_ratio[0] <= a.crop_ratio[1],
            f'augment.crop_ratio must satisfy 0 < min <= max, got {a.crop_ratio}')
   _one_of(a.brightness_mode, ('v1', 'v2'), 'augment.brightness_mode')
+  _one_of(a.strategy, ('auto', 'vmap', 'map'), 'augment.strategy')
   if workdir is not None:
     _require(bool(workdir), '--workdir must be given')
     _require(not os.path.exists(workdir) or os.path.isdir(workdir),

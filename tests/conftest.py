@@ -13,5 +13,6 @@ if '--xla_backend_optimization_level' not in os.environ['XLA_FLAGS']:
   os.environ['XLA_FLAGS'] += ' --xla_backend_optimization_level=0'
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 # TensorFlow must not grab a GPU or compete with JAX for threads in tests.
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
