@@ -529,31 +529,37 @@ def _tf_eval_crop(tf, images, size: int, fraction: float, crop: bool):
 
 
 def _sample_window(tf, height, width, seed, scale: Sequence[float],
-                   ratio: Sequence[float]):
+                   ratio: Sequence[float], max_attempts: int = 10):
   """A random-resized-crop window [y, x, h, w] (int32) of an image.
 
-  Samples with `tf.image.stateless_sample_distorted_bounding_box` (area in
-  `scale`, aspect ratio in `ratio`, 100 attempts), as google-research/simclr.
-  When every attempt fails the op returns the whole image; if the whole
-  image is not itself a valid crop, the square centre crop (0.875 of the
-  short side) is used instead.
+  The same sampler as the device crop (`simclr_jax.augment.sample_crop`), in
+  TF ops for the host: `max_attempts` attempts each draw an area fraction
+  uniform in `scale` and an aspect ratio log-uniform in `ratio`; the first
+  that fits is placed uniformly at random; if none fits, the whole image
+  (google-research/simclr's fallback). So host- and device-cropped runs draw
+  views from one distribution.
   """
-  shape = tf.stack([height, width, 3])
-  bbox = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4])
-  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      shape, bounding_boxes=bbox, seed=seed,
-      min_object_covered=float(scale[0]),
-      aspect_ratio_range=(float(ratio[0]), float(ratio[1])),
-      area_range=(float(scale[0]), float(scale[1])),
-      max_attempts=100, use_image_if_no_bounding_boxes=True)
-  window = tf.stack([begin[0], begin[1], size[0], size[1]])
-  aspect = tf.cast(width, tf.float32) / tf.cast(height, tf.float32)
-  whole_ok = tf.logical_and(
-      scale[1] >= 1.0,
-      tf.logical_and(aspect >= ratio[0], aspect <= ratio[1]))
-  whole = tf.logical_and(tf.equal(size[0], height), tf.equal(size[1], width))
-  bad = tf.logical_and(whole, tf.logical_not(whole_ok))
-  return tf.where(bad, _center_window(tf, height, width, 0.875), window)
+  u = tf.random.stateless_uniform([2 * max_attempts + 2], seed=seed,
+                                  dtype=tf.float32)
+  pixels = tf.cast(height * width, tf.float32)
+  area = scale[0] + (scale[1] - scale[0]) * u[:max_attempts]
+  log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+  aspect = tf.exp(log_lo + (log_hi - log_lo) * u[max_attempts:2 * max_attempts])
+  w = tf.cast(tf.round(tf.sqrt(area * pixels * aspect)), tf.int32)
+  h = tf.cast(tf.round(tf.sqrt(area * pixels / aspect)), tf.int32)
+  fits = (w >= 1) & (w <= width) & (h >= 1) & (h <= height)
+  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+  found = tf.gather(fits, first)
+  h = tf.where(found, tf.gather(h, first), height)
+  w = tf.where(found, tf.gather(w, first), width)
+
+  def uniform_int(v, n):
+    return tf.minimum(tf.cast(tf.floor(v * tf.cast(n, tf.float32)), tf.int32),
+                      n - 1)
+
+  y0 = uniform_int(u[2 * max_attempts], height - h + 1)
+  x0 = uniform_int(u[2 * max_attempts + 1], width - w + 1)
+  return tf.stack([y0, x0, h, w])
 
 
 def _decode_full(tf, contents):

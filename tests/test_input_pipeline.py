@@ -520,3 +520,23 @@ def test_digits_host_crop():
   assert not np.array_equal(run[0]['image'][:, 0], run[0]['image'][:, 1])
   _assert_batches_equal(
       run[1:], _take(ip.create_train_iterator(config, start_step=1, **kw), 2))
+
+
+def test_host_crop_windows_follow_the_device_sampler():
+  """Host- and device-cropped runs draw crop boxes from one distribution."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import scipy.stats  # pylint: disable=g-import-not-at-top
+  from simclr_jax import augment  # pylint: disable=g-import-not-at-top
+  height, width, n = 375, 500, 3000
+  scale, ratio = (0.08, 1.0), (3 / 4, 4 / 3)
+  sample = tf.function(lambda seed: ip._sample_window(  # pylint: disable=protected-access
+      tf, tf.constant(height), tf.constant(width), seed, scale, ratio))
+  host = np.stack([sample(tf.constant([7, i])).numpy() for i in range(n)])
+  draws = jax.vmap(lambda k: augment.sample_crop(k, height, width, scale, ratio))(
+      jax.random.split(jax.random.key(0), n))
+  device = np.asarray(draws.box)
+  for col in range(4):  # y, x, h, w
+    p = scipy.stats.ks_2samp(host[:, col], device[:, col]).pvalue
+    assert p > 1e-3, (col, p)
+  assert (host[:, 0] + host[:, 2] <= height).all()
+  assert (host[:, 1] + host[:, 3] <= width).all()
