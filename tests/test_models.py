@@ -25,6 +25,8 @@ def small_config(**overrides):
   config.base_width = 8
   config.stem = 'cifar'
   config.proj_out_dim = 16
+  config.num_proj_layers = 2
+  config.zero_init_residual = False
   for k, v in overrides.items():
     config[k] = v
   return config
