@@ -36,26 +36,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax
 import numpy as np
 
-from configs import demo
 from simclr_jax import checkpoint
 from simclr_jax import input_pipeline
 from simclr_jax import models
 from simclr_jax import optim
 from simclr_jax import parallel
 from simclr_jax import train
+import tiny  # pylint: disable=g-bad-import-order
 
 NUM_STEPS = 3
 
 
 def tiny_config(args: argparse.Namespace) -> Any:
-  """The demo config shrunk to seconds: 8 px digits, ResNet-18 of width 4."""
-  config = demo.get_config()
-  config.image_size = 8
-  config.data.resize_to = 8
-  config.model.base_width = 4
-  config.model.proj_out_dim = 8
-  config.optim.warmup_epochs = 0.0
-  config.train.global_batch_size = 16
+  """tests/tiny.py's config for NUM_STEPS steps, on 1 or several processes."""
+  config = tiny.tiny_config()
   config.train.num_steps = NUM_STEPS
   config.train.log_every_steps = 1
   config.train.checkpoint_every_steps = 2  # A save at step 2, the last at 3.

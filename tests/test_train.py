@@ -4,22 +4,11 @@ import jax
 import numpy as np
 import pytest
 
-from configs import demo
 from simclr_jax import models
 from simclr_jax import optim
 from simclr_jax import parallel
 from simclr_jax import train
-
-
-def tiny_config():
-  config = demo.get_config()
-  config.image_size = 8
-  config.data.resize_to = 8
-  config.model.base_width = 4
-  config.model.proj_out_dim = 8
-  config.train.global_batch_size = 16
-  config.optim.warmup_epochs = 0.0
-  return config
+from tiny import tiny_config
 
 
 def _setup(config, num_devices, num_classes):
