@@ -311,6 +311,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       start_step=start_step)
   batches = device_batches(host_batches, mesh, config.data.prefetch)
 
+  t_start = time.perf_counter()
   window: list[dict[str, jax.Array]] = []
   last_checked = None
   t_window, steps_in_window = time.perf_counter(), 0
@@ -351,6 +352,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     checkpoint.save(manager, total_steps, state, force=True)
   manager.wait_until_finished()
   manager.close()
+  # Wall time of this invocation's training (compilation included).
+  train_seconds = round(time.perf_counter() - t_start, 1)
   if preempted:
     record = writer.write(int(state.step), {}, preempted=True)
     writer.close()
@@ -367,7 +370,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   results = final_evaluation(
       config, model, {'params': state.params, 'batch_stats': state.batch_stats},
       init_variables, mesh, info.num_classes)
-  record = writer.write(total_steps, results, final=True)
+  record = writer.write(total_steps, results, train_seconds=train_seconds,
+                        final=True)
   writer.close()
   if is_chief:
     print('simclr_jax: final evaluation ' + json.dumps(record), flush=True)
