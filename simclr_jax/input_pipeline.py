@@ -713,15 +713,24 @@ def _parallel(config: Any) -> int:
 
 
 def _looks_like_image(path: str) -> bool:
-  """Whether the file starts like a JPEG, PNG, GIF, BMP or WebP image."""
+  """Whether the file starts like a JPEG, PNG, GIF, BMP or WebP image.
+
+  JPEG and PNG files must also end like one (an end-of-image marker or IEND
+  chunk near the end): that catches truncated files, the usual corruption of
+  an interrupted copy or download, before they reach the decoder.
+  """
   try:
     with open(path, 'rb') as f:
       head = f.read(16)
+      f.seek(max(os.fstat(f.fileno()).st_size - 64, 0))
+      tail = f.read()
   except OSError:
     return False
-  return (head.startswith(b'\xff\xd8\xff')
-          or head.startswith(b'\x89PNG\r\n\x1a\n')
-          or head[:6] in (b'GIF87a', b'GIF89a')
+  if head.startswith(b'\xff\xd8\xff'):
+    return b'\xff\xd9' in tail
+  if head.startswith(b'\x89PNG\r\n\x1a\n'):
+    return b'IEND' in tail
+  return (head[:6] in (b'GIF87a', b'GIF89a')
           or (head.startswith(b'BM') and len(head) >= 14)
           or (head[:4] == b'RIFF' and head[8:12] == b'WEBP'))
 

@@ -247,8 +247,10 @@ def test_folder_bad_file_at_decode_time_is_replaced(tmp_path, caplog):
   for i in range(12):
     Image.fromarray(_rgb(i, 40, 48)).save(f'{root}/{i:02d}.jpg', quality=90)
   good = open(f'{root}/00.jpg', 'rb').read()
-  with open(f'{root}/99_truncated.jpg', 'wb') as f:  # Header fine, data not.
+  with open(f'{root}/98_truncated.jpg', 'wb') as f:  # Caught by the scan.
     f.write(good[:len(good) // 3])
+  with open(f'{root}/99_corrupt.jpg', 'wb') as f:  # Looks whole, cannot decode.
+    f.write(good[:len(good) // 3] + b'\xff\xd9')
   with open(f'{root}/readme.md', 'w') as f:
     f.write('# not an image')
   config = _config(source='folder', data_dir=root)
