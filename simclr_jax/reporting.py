@@ -44,6 +44,11 @@ class Progress:
     self._last_draw = 0.0
     self._drawn = False
 
+  def restart_clock(self, step: int) -> None:
+    """Measures time left from now and `step` on (e.g. after compilation)."""
+    self.start_step = step
+    self._t0 = time.perf_counter()
+
   def update(self, step: int, metrics: Mapping[str, float] | None = None,
              images_per_sec: float | None = None, *, force: bool = False) -> None:
     """Reports that `step` steps are done; `metrics` are the latest values."""

@@ -324,6 +324,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       window.append(metrics)
       steps_in_window += 1
       done = step + 1
+      if step == start_step:
+        # Time speed and ETA from the end of the first (compiling) step.
+        jax.block_until_ready(metrics['loss'])
+        t_window, steps_in_window = time.perf_counter(), 0
+        progress.restart_clock(done)
       # Check the previous step while this one runs: no stall on the device.
       if last_checked is not None:
         _check_finite(jax.device_get(last_checked), done - 1,
@@ -334,8 +339,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         scalars = _mean_metrics(window)
         _check_finite(scalars, done, manager.latest_step())
         elapsed = time.perf_counter() - t_window
-        ips = steps_in_window * gbs / max(elapsed, 1e-9)
-        scalars['images_per_sec'] = ips
+        ips = steps_in_window * gbs / max(elapsed, 1e-9) if steps_in_window else None
+        if ips is not None:
+          scalars['images_per_sec'] = ips
         writer.write(done, scalars)
         progress.update(done, scalars, ips, force=True)
         window, t_window, steps_in_window = [], time.perf_counter(), 0
