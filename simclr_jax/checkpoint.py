@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -54,6 +55,22 @@ def restore(manager: ocp.CheckpointManager, target: Any,
     raise FileNotFoundError(f'no checkpoint in {manager.directory}')
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def mismatched_params(manager: ocp.CheckpointManager, step: int,
+                      params: Any) -> list[str]:
+  """Parameter paths whose shape differs between checkpoint `step` and `params`.
+
+  Reads only the checkpoint's metadata, so a workdir of another model is
+  recognised before any array is read.
+  """
+  path = epath.Path(manager.directory) / str(step) / 'default'
+  tree = ocp.StandardCheckpointHandler().metadata(path)
+  shapes = lambda t: {jax.tree_util.keystr(p): tuple(x.shape) for p, x in
+                      jax.tree_util.tree_flatten_with_path(t)[0]}
+  stored, wanted = shapes(tree['params']), shapes(params)
+  return sorted(k for k in stored.keys() | wanted.keys()
+                if stored.get(k) != wanted.get(k))
 
 
 def restore_for_evaluation(workdir: str, target: Any,

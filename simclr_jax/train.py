@@ -161,26 +161,33 @@ def device_batches(host_batches: Iterator[dict[str, np.ndarray]],
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop polls, so it can save and exit cleanly."""
+  """Turns SIGTERM (preemption) and a first Ctrl-C into a flag the loop polls,
+  so it can save the current step and exit cleanly. A second Ctrl-C
+  interrupts at once."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self._previous = {}
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # Not the main thread (e.g. some notebooks).
-      self._previous = None
+    for sig in self.SIGNALS:
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # Not the main thread (e.g. some notebooks).
+        pass
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    del frame
     self.requested = True
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
 
 
 def _check_finite(metrics: dict[str, float], step: int, last_good: int | None) -> None:
@@ -289,6 +296,14 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       save_every_steps=config.train.checkpoint_every_steps)
   start_step = 0
   if manager.latest_step() is not None:
+    mismatch = checkpoint.mismatched_params(manager, manager.latest_step(),
+                                            state.params)
+    if mismatch:
+      manager.close()
+      raise config_lib.ConfigError(
+          f'the checkpoint in {checkpoint.checkpoint_dir(workdir)} is of '
+          f'another model ({len(mismatch)} parameters differ, e.g. '
+          f'{mismatch[0]}); use a new --workdir')
     state = checkpoint.restore(manager, state)
     start_step = int(state.step)
     logging.info('Resumed from the checkpoint at step %d.', start_step)
@@ -364,8 +379,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     record = writer.write(int(state.step), {}, preempted=True)
     writer.close()
     if is_chief:
-      print(f'simclr_jax: SIGTERM received; saved step {int(state.step)} and '
-            'stopped. Run the same command to resume.', flush=True)
+      print(f'simclr_jax: stopped by a signal (SIGTERM or Ctrl-C); saved step '
+            f'{int(state.step)}. Run the same command to resume.', flush=True)
     return record
 
   init_variables = None

@@ -112,3 +112,14 @@ def test_divergence_is_reported_with_the_step(tmp_path):
   config.optim.base_learning_rate = 1e30
   with pytest.raises(train.TrainingDiverged, match=r'at step \d+'):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_checkpoint_of_another_model_is_a_clear_config_error(tmp_path):
+  from simclr_jax import config_lib  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  config.train.num_steps = 1
+  config.eval.linear_probe = False
+  train.train_and_evaluate(config, str(tmp_path))
+  config.model.base_width = 8
+  with pytest.raises(config_lib.ConfigError, match='new --workdir'):
+    train.train_and_evaluate(config, str(tmp_path))
