@@ -166,6 +166,23 @@ class Shortcut(nn.Module):
     return self.norm(name='bn')(x)
 
 
+def _residual_parts(block: nn.Module, x: jax.Array, features: int):
+  """The shortcut of `x` and the init of the block's last BN scale.
+
+  Called inside a block's compact `__call__`: a projection shortcut (a child
+  named 'shortcut') only when the stride or the width changes; the last
+  BatchNorm scale starts at zero when `zero_init_residual` is set.
+  """
+  shortcut = x
+  if block.strides != 1 or x.shape[-1] != features:
+    shortcut = Shortcut(features, block.strides, block.norm,
+                        resnet_d=block.sk_ratio > 0, dtype=block.dtype,
+                        name='shortcut')(x)
+  last_init = (nn.initializers.zeros if block.zero_init_residual
+               else nn.initializers.ones)
+  return shortcut, last_init
+
+
 class BasicBlock(nn.Module):
   """ResNet-18/34 block: 3x3 conv, BN, ReLU, 3x3 conv, BN, + shortcut, ReLU.
 
@@ -187,16 +204,10 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, H, W, Cin) -> (N, H / s, W / s, filters)."""
-    shortcut = x
-    if self.strides != 1 or x.shape[-1] != self.filters:
-      shortcut = Shortcut(self.filters, self.strides, self.norm,
-                          resnet_d=self.sk_ratio > 0, dtype=self.dtype,
-                          name='shortcut')(x)
+    shortcut, last_init = _residual_parts(self, x, self.filters)
     y = _conv(self.filters, 3, self.strides, self.dtype, 'conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y))
     y = _conv(self.filters, 3, 1, self.dtype, 'conv2')(y)
-    last_init = (nn.initializers.zeros if self.zero_init_residual
-                 else nn.initializers.ones)
     y = self.norm(name='bn2', scale_init=last_init)(y)
     return nn.relu(y + shortcut)
 
@@ -217,11 +228,7 @@ class BottleneckBlock(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, H, W, Cin) -> (N, H / s, W / s, 4 * filters)."""
     out = BOTTLENECK_EXPANSION * self.filters
-    shortcut = x
-    if self.strides != 1 or x.shape[-1] != out:
-      shortcut = Shortcut(out, self.strides, self.norm,
-                          resnet_d=self.sk_ratio > 0, dtype=self.dtype,
-                          name='shortcut')(x)
+    shortcut, last_init = _residual_parts(self, x, out)
     y = _conv(self.filters, 1, 1, self.dtype, 'conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y))
     if self.sk_ratio > 0:
@@ -231,8 +238,6 @@ class BottleneckBlock(nn.Module):
       y = _conv(self.filters, 3, self.strides, self.dtype, 'conv2')(y)
       y = nn.relu(self.norm(name='bn2')(y))
     y = _conv(out, 1, 1, self.dtype, 'conv3')(y)
-    last_init = (nn.initializers.zeros if self.zero_init_residual
-                 else nn.initializers.ones)
     y = self.norm(name='bn3', scale_init=last_init)(y)
     return nn.relu(y + shortcut)
 
