@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from simclr_jax import augment
+from simclr_jax import models
+
 SOURCES = ('tfds', 'folder', 'digits')
 CROPS = ('auto', 'device', 'host')
-DTYPES = ('float32', 'bfloat16')
 OPTIMIZERS = ('lars', 'sgd', 'adam', 'adamw')
 LR_SCALINGS = ('linear', 'sqrt', 'none')
 
@@ -67,7 +69,7 @@ def validate(config: Any, workdir: str | None = None) -> None:
     _require(os.path.isdir(d.data_dir),
              f'data.data_dir {d.data_dir!r} is not a directory')
   m = config.model
-  _one_of(m.dtype, DTYPES, 'model.dtype')
+  _one_of(m.dtype, tuple(models.DTYPES), 'model.dtype')
   _positive(config, 'model.proj_out_dim')
   _positive(config, 'model.base_width')
   _require(m.num_proj_layers >= 1,
@@ -88,7 +90,7 @@ def validate(config: Any, workdir: str | None = None) -> None:
   _require(0 < a.crop_ratio[0] <= a.crop_ratio[1],
            f'augment.crop_ratio must satisfy 0 < min <= max, got {a.crop_ratio}')
   _one_of(a.brightness_mode, ('v1', 'v2'), 'augment.brightness_mode')
-  _one_of(a.strategy, ('auto', 'vmap', 'map'), 'augment.strategy')
+  _one_of(a.strategy, augment.STRATEGIES, 'augment.strategy')
   if workdir is not None:
     _require(bool(workdir), '--workdir must be given')
     _require(not os.path.exists(workdir) or os.path.isdir(workdir),
