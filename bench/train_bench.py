@@ -6,8 +6,7 @@ r"""Throughput of the SimCLR train step on synthetic data; prints one JSON objec
     python bench/train_bench.py --quick --compare_torch   # + a PyTorch step
 
 Cases (each the train step of `simclr_jax.train`, built exactly as
-`train_and_evaluate` builds it: `models.create_model(axis_name='batch')`,
-`optim.create_optimizer`, `train.create_train_state`, `train.make_train_step`):
+`train_and_evaluate` builds it, by `train.build`):
 
   r18_32   ResNet-18, CIFAR stem, 32 px, blur off, 10-class online probe; the
            batch is whole uint8 images (B, 32, 32, 3) and the device does every
@@ -127,7 +126,6 @@ import numpy as np
 
 from configs import default
 from simclr_jax import models
-from simclr_jax import optim
 from simclr_jax import parallel
 from simclr_jax import train
 
@@ -211,18 +209,15 @@ def run_case(case: str, args: argparse.Namespace, mesh: jax.sharding.Mesh,
     raise ValueError(f'{case}: global batch {batch} is not divisible by the '
                      f'{mesh.size} devices; change --batch_r18/--batch_r50')
   total_steps = args.warmup + args.steps + 1
-  model = models.create_model(config.model, num_classes=num_classes,
-                              axis_name=parallel.AXIS)
-  tx, schedule = optim.create_optimizer(config, total_steps, total_steps)
-  init_key, train_key = jax.random.split(jax.random.key(config.seed))
+  setup = train.build(config, mesh, num_classes=num_classes,
+                      total_steps=total_steps, steps_per_epoch=total_steps)
+  model = setup.model
   t0 = time.perf_counter()
-  state = train.create_train_state(model, tx, config.image_size, init_key,
-                                   mesh)
+  state = setup.init_state()
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
-  train_key = parallel.replicate(train_key, mesh)
-  step_fn = train.make_train_step(model, tx, config, mesh, schedule,
-                                  num_classes)
+  train_key = setup.replicated_train_key()
+  step_fn = setup.train_step
 
   rng = np.random.default_rng(0)
   batches = []

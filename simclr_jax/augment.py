@@ -162,11 +162,6 @@ class AugmentSpec:
     return int(self.output_size * self.blur_kernel_fraction + 1e-6)
 
 
-def as_spec(config: Any) -> AugmentSpec:
-  """`AugmentSpec` from an `AugmentSpec` or a `config.augment` ConfigDict."""
-  return AugmentSpec.from_config(config)
-
-
 # --------------------------------------------------------------------------
 # Colour ops: float32 (H, W, 3) -> (H, W, 3); equal to tf.image.
 
@@ -303,18 +298,6 @@ def to_grayscale(image: jax.Array) -> jax.Array:
   w_r, w_g, w_b = GRAY_WEIGHTS
   gray = image[..., 0] * w_r + image[..., 1] * w_g + image[..., 2] * w_b
   return jnp.broadcast_to(gray[..., None], image.shape)
-
-
-def flip(image: jax.Array, apply: jax.Array | bool) -> jax.Array:
-  """Mirrors left-right where `apply` (bool scalar) is true.
-
-  Args:
-    image: (H, W, C).
-    apply: bool scalar.
-  Returns:
-    (H, W, C), same dtype.
-  """
-  return jnp.where(apply, image[:, ::-1], image)
 
 
 # --------------------------------------------------------------------------
@@ -525,24 +508,6 @@ def sample_crop(key: jax.Array, height: int, width: int,
   return _crop_from_uniforms(u, height, width, scale, ratio, max_attempts)
 
 
-def random_resized_crop(key: jax.Array, image: jax.Array, output_size: int,
-                        scale: tuple[float, float] = (0.08, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                        max_attempts: int = 10) -> jax.Array:
-  """Random crop (see `sample_crop`) resized bicubically to output_size^2.
-
-  Args:
-    key: PRNG key.
-    image: float32 (H, W, C).
-    output_size: static int S.
-  Returns:
-    float32 (S, S, C), not clipped.
-  """
-  draw = sample_crop(key, image.shape[0], image.shape[1], scale, ratio,
-                     max_attempts)
-  return crop_and_resize(image, draw.box, output_size)
-
-
 # --------------------------------------------------------------------------
 # Colour jitter.
 
@@ -659,20 +624,6 @@ def _check_branch(branch: str) -> None:
     raise ValueError(f"branch must be 'select' or 'cond', got {branch!r}")
 
 
-def color_jitter(key: jax.Array, image: jax.Array, strength: float = 1.0,
-                 brightness_mode: str = 'v2') -> jax.Array:
-  """Random colour jitter (always applied): `sample_jitter` + `apply_jitter`.
-
-  Args:
-    key: PRNG key.
-    image: float32 (H, W, 3).
-  Returns:
-    float32 (H, W, 3) in [0, 1].
-  """
-  return apply_jitter(image, sample_jitter(key, strength, brightness_mode),
-                      brightness_mode)
-
-
 # --------------------------------------------------------------------------
 # One view.
 
@@ -711,7 +662,7 @@ def sample_view_params(key: jax.Array, image_shape: tuple[int, ...],
   Returns:
     `ViewParams` of scalars (and the (4,) box and order).
   """
-  spec = as_spec(config)
+  spec = AugmentSpec.from_config(config)
   height, width = int(image_shape[0]), int(image_shape[1])
   # One threefry call for every draw of the view (fast to compile and run).
   n_crop = _num_crop_uniforms(spec.crop_attempts)
@@ -773,7 +724,7 @@ def apply_view_params(image: jax.Array, params: ViewParams, config: Any,
   Returns:
     float32 (S, S, 3) in [0, 1], S = config.output_size.
   """
-  spec = as_spec(config)
+  spec = AugmentSpec.from_config(config)
   _check_image(image)
   _check_branch(branch)
   size = spec.output_size
@@ -881,7 +832,7 @@ def two_views(key: jax.Array, images: jax.Array, config: Any,
   Raises:
     ValueError: for a bad config, shape, dtype or strategy.
   """
-  spec = as_spec(config)
+  spec = AugmentSpec.from_config(config)
   strategy = resolve_strategy(spec.strategy if strategy is None else strategy)
   if images.ndim not in (4, 5):
     raise ValueError('images must be (N, H, W, 3) or host-cropped '

@@ -1,26 +1,52 @@
-"""Validation of run configs: one clear message instead of a traceback.
+"""The one validator of run configs: one clear message instead of a traceback.
 
-`validate` checks what can be checked before any data is read or any device
-is touched. The CLI prints a `ConfigError` as one line on stderr and exits
+`validate(config)` is the single entry point. Each module stays the single
+source of what is valid for its own section and raises `ValueError` naming
+the field:
+
+* `config.model`: `models.validate_model_config`;
+* `config.augment`: `augment.AugmentSpec` (built from the section);
+* `config.optim`: `optim.validate_config`;
+* `config.data`: `data_checks` below (the sources themselves raise
+  `ValueError` for data that cannot be read, once the data is opened);
+* the run fields (seed, image size, `train`, `loss`, `eval`, `distributed`):
+  here.
+
+`validate` turns every such `ValueError` into a `ConfigError`, and
+`user_errors()` does the same for code that can only fail later (the mesh, the
+data sources). The CLI prints a `ConfigError` as one line on stderr and exits
 with status 2.
 """
 
 from __future__ import annotations
 
+import contextlib
+import numbers
 import os
-from typing import Any
-
-from simclr_jax import augment
-from simclr_jax import models
+from typing import Any, Iterator
 
 SOURCES = ('tfds', 'folder', 'digits')
 CROPS = ('auto', 'device', 'host')
-OPTIMIZERS = ('lars', 'sgd', 'adam', 'adamw')
-LR_SCALINGS = ('linear', 'sqrt', 'none')
 
 
 class ConfigError(ValueError):
   """A configuration or input that cannot work, with a message for the user."""
+
+  def __init__(self, message: str):
+    # One line, whatever the wrapped exception's message looked like.
+    lines = [l.strip() for l in str(message).strip().splitlines() if l.strip()]
+    super().__init__('; '.join(lines) or 'invalid configuration')
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+  """Turns `ValueError` (and a missing file) raised inside into `ConfigError`."""
+  try:
+    yield
+  except ConfigError:
+    raise
+  except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+    raise ConfigError(str(e)) from e
 
 
 def _require(condition: bool, message: str) -> None:
@@ -28,11 +54,49 @@ def _require(condition: bool, message: str) -> None:
     raise ConfigError(message)
 
 
-def _positive(config: Any, dotted: str) -> None:
+def _get(config: Any, dotted: str) -> Any:
   value = config
   for part in dotted.split('.'):
     value = getattr(value, part)
-  _require(value > 0, f'{dotted} must be positive, got {value}')
+  return value
+
+
+def _is_int(v: Any) -> bool:
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+  return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _int_at_least(config: Any, dotted: str, low: int) -> None:
+  value = _get(config, dotted)
+  what = 'positive (an integer >= 1)' if low == 1 else f'an integer >= {low}'
+  _require(_is_int(value) and value >= low,
+           f'{dotted} must be {what}, got {value!r}')
+
+
+def _number_at_least(config: Any, dotted: str, low: float,
+                     strict: bool = False) -> None:
+  value = _get(config, dotted)
+  ok = _is_number(value) and (value > low if strict else value >= low)
+  _require(ok, f'{dotted} must be a number {">" if strict else ">="} {low}, '
+           f'got {value!r}')
+
+
+def _fraction(config: Any, dotted: str, low_open: bool, high_open: bool) -> None:
+  value = _get(config, dotted)
+  lo_ok = _is_number(value) and (value > 0 if low_open else value >= 0)
+  hi_ok = _is_number(value) and (value < 1 if high_open else value <= 1)
+  _require(lo_ok and hi_ok,
+           f'{dotted} must be in {"(" if low_open else "["}0, 1'
+           f'{")" if high_open else "]"}, got {value!r}')
+
+
+def _bool(config: Any, dotted: str) -> None:
+  value = _get(config, dotted)
+  _require(isinstance(value, bool), f'{dotted} must be True or False, '
+           f'got {value!r}')
 
 
 def _one_of(value: Any, allowed: tuple, name: str) -> None:
@@ -40,57 +104,100 @@ def _one_of(value: Any, allowed: tuple, name: str) -> None:
            f'{name} must be one of {", ".join(map(repr, allowed))}, got {value!r}')
 
 
-def validate(config: Any, workdir: str | None = None) -> None:
-  """Raises ConfigError naming the first field of `config` that cannot work."""
-  for field in ('image_size', 'train.global_batch_size', 'train.log_every_steps',
-                'train.checkpoint_every_steps', 'loss.temperature',
-                'eval.batch_size'):
-    _positive(config, field)
-  t = config.train
-  _require(t.num_steps >= 0, f'train.num_steps must be >= 0, got {t.num_steps}')
-  _require(t.num_steps > 0 or t.num_epochs > 0,
-           'train.num_steps or train.num_epochs must be positive '
-           f'(got {t.num_steps} and {t.num_epochs})')
-  _require(t.keep_checkpoints >= 0,
-           f'train.keep_checkpoints must be >= 0, got {t.keep_checkpoints}')
+def data_checks(config: Any) -> None:
+  """Checks `config.data` without reading any data; raises ConfigError."""
   d = config.data
   _one_of(d.source, SOURCES, 'data.source')
   _one_of(d.crop, CROPS, 'data.crop')
-  _require(0 < d.eval_crop_fraction <= 1,
-           f'data.eval_crop_fraction must be in (0, 1], got {d.eval_crop_fraction}')
-  _require(0 <= d.holdout_fraction < 1,
-           f'data.holdout_fraction must be in [0, 1), got {d.holdout_fraction}')
+  _fraction(config, 'data.eval_crop_fraction', low_open=True, high_open=False)
+  _fraction(config, 'data.holdout_fraction', low_open=False, high_open=True)
+  _int_at_least(config, 'data.resize_to', 0)
+  _int_at_least(config, 'data.shuffle_buffer', 1)
+  _int_at_least(config, 'data.prefetch', 0)
+  value = d.num_parallel_calls
+  _require(_is_int(value) and (value == -1 or value >= 1),
+           'data.num_parallel_calls must be -1 (AUTOTUNE) or a positive '
+           f'integer, got {value!r}')
+  for field in ('download', 'cache'):
+    _bool(config, f'data.{field}')
   if d.source == 'tfds':
     _require(bool(d.name), 'data.name must name a TFDS dataset when '
              "data.source is 'tfds'")
+    _require(bool(d.train_split), 'data.train_split must name a split')
+  if d.source in ('digits', 'folder'):
+    _require(not d.eval_split,
+             f"data.source={d.source!r} has a single split: set "
+             "data.eval_split = '' to hold out data.holdout_fraction of it for "
+             f'evaluation (got data.eval_split={d.eval_split!r})')
   if d.source == 'folder':
-    _require(bool(d.data_dir), "data.data_dir must be set when data.source is 'folder'")
+    _require(bool(d.data_dir),
+             "data.data_dir must be set when data.source is 'folder'")
   if d.data_dir and (d.source == 'folder' or not d.download):
     _require(os.path.isdir(d.data_dir),
              f'data.data_dir {d.data_dir!r} is not a directory')
-  m = config.model
-  _one_of(m.dtype, tuple(models.DTYPES), 'model.dtype')
-  _positive(config, 'model.proj_out_dim')
-  _positive(config, 'model.base_width')
-  _require(m.num_proj_layers >= 1,
-           f'model.num_proj_layers must be >= 1, got {m.num_proj_layers}')
-  o = config.optim
-  _one_of(o.name, OPTIMIZERS, 'optim.name')
-  _one_of(o.lr_scaling, LR_SCALINGS, 'optim.lr_scaling')
-  _require(o.base_learning_rate > 0,
-           f'optim.base_learning_rate must be positive, got {o.base_learning_rate}')
-  _require(o.warmup_epochs >= 0,
-           f'optim.warmup_epochs must be >= 0, got {o.warmup_epochs}')
-  a = config.augment
-  for name in ('flip_prob', 'color_jitter_prob', 'grayscale_prob', 'blur_prob'):
-    value = getattr(a, name)
-    _require(0 <= value <= 1, f'augment.{name} must be in [0, 1], got {value}')
-  _require(0 < a.crop_scale[0] <= a.crop_scale[1] <= 1,
-           f'augment.crop_scale must satisfy 0 < min <= max <= 1, got {a.crop_scale}')
-  _require(0 < a.crop_ratio[0] <= a.crop_ratio[1],
-           f'augment.crop_ratio must satisfy 0 < min <= max, got {a.crop_ratio}')
-  _one_of(a.brightness_mode, ('v1', 'v2'), 'augment.brightness_mode')
-  _one_of(a.strategy, augment.STRATEGIES, 'augment.strategy')
+
+
+def _run_checks(config: Any) -> None:
+  """The fields that belong to the run itself (not to one module)."""
+  _int_at_least(config, 'seed', 0)
+  _int_at_least(config, 'image_size', 1)
+  t = config.train
+  for field in ('global_batch_size', 'log_every_steps',
+                'checkpoint_every_steps'):
+    _int_at_least(config, f'train.{field}', 1)
+  for field in ('num_steps', 'keep_checkpoints', 'num_devices', 'cpu_devices'):
+    _int_at_least(config, f'train.{field}', 0)
+  _number_at_least(config, 'train.num_epochs', 0)
+  _require(t.num_steps > 0 or t.num_epochs > 0,
+           'train.num_steps or train.num_epochs must be positive '
+           f'(got {t.num_steps} and {t.num_epochs})')
+  _bool(config, 'train.online_probe')
+  _number_at_least(config, 'loss.temperature', 0, strict=True)
+  _bool(config, 'eval.linear_probe')
+  _bool(config, 'eval.compare_random_init')
+  _number_at_least(config, 'eval.probe_l2', 0)
+  _int_at_least(config, 'eval.probe_steps', 1)
+  _int_at_least(config, 'eval.knn_k', 0)
+  _int_at_least(config, 'eval.batch_size', 1)
+  _bool(config, 'distributed.initialize')
+  address = config.distributed.coordinator_address
+  host, _, port = str(address).rpartition(':')
+  _require(not address or (host and port.isdigit()),
+           'distributed.coordinator_address must be host:port (or empty to '
+           f'let JAX find it), got {address!r}')
+  _int_at_least(config, 'distributed.num_processes', 0)
+  _int_at_least(config, 'distributed.process_id', -1)
+
+
+def _augment_checks(config: Any) -> None:
+  from simclr_jax import augment  # pylint: disable=g-import-not-at-top
+  _require(config.augment.output_size == config.image_size,
+           f'augment.output_size ({config.augment.output_size!r}) must equal '
+           f'image_size ({config.image_size!r}); leave it to follow image_size')
+  try:
+    augment.AugmentSpec.from_config(config.augment)
+  except (ValueError, TypeError) as e:
+    message = str(e)
+    prefix = 'augment config: '
+    if message.startswith(prefix):
+      message = 'augment.' + message[len(prefix):]
+    raise ConfigError(message) from e
+
+
+def validate(config: Any, workdir: str | None = None) -> None:
+  """Raises ConfigError naming the first field of `config` that cannot work.
+
+  Checks everything that can be checked before any data is read or any
+  device is touched.
+  """
+  from simclr_jax import models  # pylint: disable=g-import-not-at-top
+  from simclr_jax import optim  # pylint: disable=g-import-not-at-top
+  _run_checks(config)
+  data_checks(config)
+  _augment_checks(config)
+  with user_errors():
+    models.validate_model_config(config.model)
+    optim.validate_config(config.optim)
   if workdir is not None:
     _require(bool(workdir), '--workdir must be given')
     _require(not os.path.exists(workdir) or os.path.isdir(workdir),

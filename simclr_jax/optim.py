@@ -16,7 +16,35 @@ from typing import Any
 import jax
 import optax
 
-from simclr_jax.config_lib import LR_SCALINGS, OPTIMIZERS
+OPTIMIZERS = ('lars', 'sgd', 'adam', 'adamw')
+LR_SCALINGS = ('linear', 'sqrt', 'none')
+
+
+def validate_config(optim_config: Any) -> None:
+  """Raises ValueError naming the first bad field of `config.optim`."""
+  o = optim_config
+
+  def number(name, value, ok, what):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(
+        value):
+      raise ValueError(f'optim.{name} must be {what}, got {value!r}')
+
+  if o.name not in OPTIMIZERS:
+    raise ValueError(f'optim.name must be one of {OPTIMIZERS}, got {o.name!r}')
+  if o.lr_scaling not in LR_SCALINGS:
+    raise ValueError(f'optim.lr_scaling must be one of {LR_SCALINGS}, '
+                     f'got {o.lr_scaling!r}')
+  number('base_learning_rate', o.base_learning_rate, lambda v: v > 0,
+         'positive')
+  number('warmup_epochs', o.warmup_epochs, lambda v: v >= 0, '>= 0')
+  number('momentum', o.momentum, lambda v: 0 <= v < 1, 'in [0, 1)')
+  number('weight_decay', o.weight_decay, lambda v: v >= 0, '>= 0')
+  number('eeta', o.eeta, lambda v: v > 0, 'positive')
+  number('probe_learning_rate', o.probe_learning_rate, lambda v: v > 0,
+         'positive')
+  if not isinstance(o.exclude_bn_and_bias, bool):
+    raise ValueError('optim.exclude_bn_and_bias must be True or False, got '
+                     f'{o.exclude_bn_and_bias!r}')
 
 
 def scaled_learning_rate(base_learning_rate: float, global_batch_size: int,

@@ -73,11 +73,6 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
                        devices=devices[:num_devices])
 
 
-def local_device_count(mesh: jax.sharding.Mesh) -> int:
-  """Number of this process's devices in `mesh`."""
-  return sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
-
-
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -50,7 +50,7 @@ def load_augment_config(path: str | None) -> augment.AugmentSpec:
   module_spec.loader.exec_module(module)
   if not hasattr(module, 'get_config'):
     raise ValueError(f'config file {path!r} defines no get_config()')
-  return augment.as_spec(module.get_config().augment)
+  return augment.AugmentSpec.from_config(module.get_config().augment)
 
 
 def load_photos(folder: str | None, num_images: int,

@@ -8,6 +8,7 @@ and ends with a linear-probe evaluation of the encoder.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import math
 import os
@@ -68,6 +69,87 @@ def create_train_state(model: Any, tx: optax.GradientTransformation,
   return jax.jit(init, out_shardings=parallel.replicated(mesh))()
 
 
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """Everything built from a config to train it: the one build sequence.
+
+  `train_and_evaluate`, the evaluation modes, the tests and the benches all
+  get their model, optimiser, state and step from `build`, so none of them
+  can drift from the real train step.
+
+  Attributes:
+    config: the run config.
+    model: the `SimCLRModel` (global BatchNorm over the mesh axis).
+    tx: the optimiser over the whole params tree (encoder and probe).
+    schedule: the encoder's learning-rate schedule, step -> float.
+    mesh: the 1-D mesh (axis 'batch').
+    train_step: jitted (state, images, labels, key) -> (state, metrics), see
+      `make_train_step`.
+    num_classes: classes of the online probe (0: no probe).
+    total_steps: steps of the run.
+    steps_per_epoch: steps of one pass over the pretraining data.
+    init_key: key of the parameter initialiser.
+    train_key: the run's training key (not yet placed on the mesh).
+  """
+  config: Any
+  model: Any
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  mesh: jax.sharding.Mesh
+  train_step: Callable
+  num_classes: int
+  total_steps: int
+  steps_per_epoch: int
+  init_key: jax.Array
+  train_key: jax.Array
+
+  def init_state(self) -> TrainState:
+    """The initial `TrainState`, computed and replicated on the mesh."""
+    return create_train_state(self.model, self.tx, self.config.image_size,
+                              self.init_key, self.mesh)
+
+  def abstract_state(self) -> TrainState:
+    """The `TrainState` as ShapeDtypeStructs replicated on the mesh.
+
+    Nothing runs (`jax.eval_shape`): usable for restoring checkpoints and for
+    compiling ahead of time for devices this host does not have.
+    """
+    shapes = jax.eval_shape(self.init_state)
+    sharding = parallel.replicated(self.mesh)
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+        shapes)
+
+  def replicated_train_key(self) -> jax.Array:
+    """`train_key` placed on every device of the mesh."""
+    return parallel.replicate(self.train_key, self.mesh)
+
+
+def build(config: Any, mesh: jax.sharding.Mesh, *, num_classes: int,
+          total_steps: int, steps_per_epoch: int) -> Setup:
+  """Builds the model, optimiser, keys and jitted train step of `config`.
+
+  Args:
+    config: the run config (configs/default.py).
+    mesh: the mesh from `parallel.make_mesh`.
+    num_classes: classes of the online probe; 0 turns it off.
+    total_steps: steps of the run (sizes the schedule).
+    steps_per_epoch: steps per pass over the pretraining data (warm-up).
+
+  Returns:
+    A `Setup`. Nothing is computed on the devices until `init_state`.
+  """
+  model = models.create_model(config.model, num_classes=num_classes,
+                              axis_name=AXIS)
+  tx, schedule = optim.create_optimizer(config, total_steps, steps_per_epoch)
+  init_key, train_key = jax.random.split(jax.random.key(config.seed))
+  train_step = make_train_step(model, tx, config, mesh, schedule, num_classes)
+  return Setup(config=config, model=model, tx=tx, schedule=schedule,
+               mesh=mesh, train_step=train_step, num_classes=num_classes,
+               total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+               init_key=init_key, train_key=train_key)
+
+
 def example_keys(step_key: jax.Array, num_local: int) -> jax.Array:
   """One key per example of this device's shard: fold_in(step_key, global index).
 
@@ -116,7 +198,7 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, config: Any,
       z_a, z_b = jnp.split(out['z'], 2)
       loss, metrics = losses.nt_xent_with_metrics(
           z_a, z_b, temperature=temperature, axis_name=AXIS)
-      metrics = dict(metrics, contrastive_loss=loss)
+      metrics = dict(metrics, loss=loss)
       total = loss
       if num_classes:
         y = jnp.concatenate([labels, labels])
@@ -135,7 +217,6 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, config: Any,
     grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics['loss'] = metrics.pop('contrastive_loss')
     metrics['grad_norm'] = optax.tree.norm(grads)
     metrics['learning_rate'] = schedule(state.step)
     new_state = TrainState(step=state.step + 1, params=params,
@@ -265,16 +346,13 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   config_lib.validate(config, workdir)
   parallel.setup_cpu_devices(config.train.cpu_devices)
   parallel.maybe_initialize_distributed(config.distributed)
-  mesh = parallel.make_mesh(config.train.num_devices)
+  with config_lib.user_errors():
+    mesh = parallel.make_mesh(config.train.num_devices)
   gbs = config.train.global_batch_size
   config_lib.check_batch(gbs, mesh.size, jax.process_count())
   is_chief = jax.process_index() == 0
-  try:
+  with config_lib.user_errors():
     info = input_pipeline.get_info(config)
-  except config_lib.ConfigError:
-    raise
-  except (ValueError, FileNotFoundError) as e:
-    raise config_lib.ConfigError(str(e)) from e
   if info.num_train_examples < gbs:
     raise config_lib.ConfigError(
         f'train.global_batch_size={gbs} is larger than the training data '
@@ -283,12 +361,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   total_steps = _num_steps(config, steps_per_epoch)
   num_classes = info.num_classes if config.train.online_probe else 0
 
-  model = models.create_model(config.model, num_classes=num_classes,
-                              axis_name=AXIS)
-  tx, schedule = optim.create_optimizer(config, total_steps, steps_per_epoch)
-  init_key, train_key = jax.random.split(jax.random.key(config.seed))
-  state = create_train_state(model, tx, config.image_size, init_key, mesh)
-  train_key = parallel.replicate(train_key, mesh)
+  setup = build(config, mesh, num_classes=num_classes, total_steps=total_steps,
+                steps_per_epoch=steps_per_epoch)
+  state = setup.init_state()
+  train_key = setup.replicated_train_key()
 
   os.makedirs(workdir, exist_ok=True)
   manager = checkpoint.create_manager(
@@ -320,7 +396,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
           + (f', resuming at step {start_step}' if start_step else ''),
           flush=True)
 
-  train_step = make_train_step(model, tx, config, mesh, schedule, num_classes)
+  train_step = setup.train_step
   host_batches = input_pipeline.create_train_iterator(
       config, local_batch_size=gbs // jax.process_count(),
       start_step=start_step)
@@ -385,11 +461,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
 
   init_variables = None
   if config.eval.compare_random_init:
-    init_state = create_train_state(model, tx, config.image_size, init_key, mesh)
+    init_state = setup.init_state()
     init_variables = {'params': init_state.params,
                       'batch_stats': init_state.batch_stats}
   results = final_evaluation(
-      config, model, {'params': state.params, 'batch_stats': state.batch_stats},
+      config, setup.model, {'params': state.params, 'batch_stats': state.batch_stats},
       init_variables, mesh, info.num_classes)
   record = writer.write(total_steps, results, train_seconds=train_seconds,
                         final=True)

@@ -28,7 +28,7 @@ def aug_config(**overrides):
 
 
 def spec(**overrides):
-  return augment.as_spec(aug_config(**overrides))
+  return augment.AugmentSpec.from_config(aug_config(**overrides))
 
 
 @pytest.fixture(scope='module')
@@ -397,9 +397,9 @@ def test_two_views_is_invariant_to_the_number_of_devices():
 
 
 def test_config_and_input_errors():
-  s = augment.as_spec(default.get_config().augment)
+  s = augment.AugmentSpec.from_config(default.get_config().augment)
   assert s.output_size == 224 and s.blur_kernel_size == 22
-  assert hash(s) == hash(augment.as_spec(default.get_config().augment))
+  assert hash(s) == hash(augment.AugmentSpec.from_config(default.get_config().augment))
   assert spec(output_size=32).blur_kernel_size == 3
   assert spec(output_size=96).blur_kernel_size == 9
   key = jax.random.key(0)

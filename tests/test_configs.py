@@ -63,3 +63,125 @@ def test_validate_names_the_field(field, value, message):
   setattr(getattr(config, section), key, value)
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.validate(config)
+
+
+# One or more bad values for EVERY field of configs/default.py, as a user
+# would type them on the command line over configs/demo.py: values out of
+# range, of the wrong type, or unknown names. Each must give one line on
+# stderr and exit status 2, before any data is read or device touched.
+BAD_VALUES = {
+    'seed': ['-1', 'abc'],
+    'image_size': ['0', '16.5'],
+    'augment.blur': ['maybe'],
+    'augment.blur_kernel_fraction': ['-0.1', '1.5'],
+    'augment.blur_prob': ['1.5'],
+    'augment.blur_sigma': ['(2.0,0.1)', '(0.5,)', 'x'],
+    'augment.brightness_mode': ['v3'],
+    'augment.color_jitter_prob': ['-0.5'],
+    'augment.color_jitter_strength': ['-1'],
+    'augment.crop_ratio': ['(2.0,1.0)', '(0,1)'],
+    'augment.crop_scale': ['(0.5,0.1)', '(0.0,1.0)', '(0.5,1.5)'],
+    'augment.flip_prob': ['2'],
+    'augment.grayscale_prob': ['-1'],
+    # A reference to image_size: overriding it overrides both.
+    'augment.output_size': ['0'],
+    'augment.strategy': ['pmap'],
+    'data.cache': ['sometimes'],
+    'data.crop': ['center'],
+    'data.data_dir': ['/nonexistent/photos'],
+    'data.download': ['perhaps'],
+    'data.eval_crop_fraction': ['0', '1.5'],
+    'data.eval_split': ['test'],  # The digits have one split.
+    'data.holdout_fraction': ['1.0', '-0.1'],
+    'data.name': [],  # Checked when the data is opened: test_cli.
+    'data.num_parallel_calls': ['0', '-5'],
+    'data.prefetch': ['-1'],
+    'data.resize_to': ['-16'],
+    'data.shuffle_buffer': ['0'],
+    'data.source': ['imagenet', 'tfds --config.data.name='],
+    'data.train_split': [' --config.data.source=tfds'],
+    'distributed.coordinator_address': ['localhost', 'host:port'],
+    'distributed.initialize': ['yes please'],
+    'distributed.num_processes': ['-2'],
+    'distributed.process_id': ['-3'],
+    'eval.batch_size': ['0'],
+    'eval.compare_random_init': ['2'],
+    'eval.knn_k': ['-1'],
+    'eval.linear_probe': ['nope'],
+    'eval.probe_l2': ['-1e-4'],
+    'eval.probe_steps': ['0'],
+    'loss.temperature': ['0', '-0.5'],
+    'model.base_width': ['0', '-8'],
+    'model.bn_epsilon': ['0', '-1e-5'],
+    'model.bn_momentum': ['1.0', '-0.1'],
+    'model.depth': ['20', '0'],
+    'model.dtype': ['float16', 'int8'],
+    'model.num_proj_layers': ['-1'],
+    'model.proj_out_dim': ['0'],
+    'model.sk_ratio': ['-0.0625', 'inf'],
+    'model.stem': ['resnet'],
+    'model.width_multiplier': ['5', '0'],
+    'model.zero_init_residual': ['kinda'],
+    'optim.base_learning_rate': ['0', '-0.1'],
+    'optim.eeta': ['0'],
+    'optim.exclude_bn_and_bias': ['often'],
+    'optim.lr_scaling': ['quadratic'],
+    'optim.momentum': ['1.0', '-0.5'],
+    'optim.name': ['rmsprop'],
+    'optim.probe_learning_rate': ['0'],
+    'optim.warmup_epochs': ['-1'],
+    'optim.weight_decay': ['-1e-4'],
+    'train.checkpoint_every_steps': ['0'],
+    'train.cpu_devices': ['-1'],
+    'train.global_batch_size': ['0', '-16', '1.5'],
+    'train.keep_checkpoints': ['-1'],
+    'train.log_every_steps': ['0'],
+    'train.num_devices': ['-1'],
+    'train.num_epochs': ['-1', '0 --config.train.num_steps=0'],
+    'train.num_steps': ['-3'],
+    'train.online_probe': ['maybe'],
+}
+
+
+def test_bad_value_table_covers_every_field():
+  assert set(BAD_VALUES) == _flat_keys(default.get_config())
+
+
+def _main_check(argv, capsys):
+  """main.py's own parsing and validation, in-process: (exit code, stderr)."""
+  import main  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  argv = ['main.py', *argv]
+  fv = flags.FlagValues()
+  main.define_flags(fv, sys_argv=argv)
+  try:
+    main.parse_flags(argv, fv)
+    main.validate(fv)
+  except SystemExit as e:
+    return e.code, capsys.readouterr().err
+  return 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize('field,value', [
+    (f, v) for f, values in BAD_VALUES.items() for v in values])
+def test_every_bad_field_value_is_one_line_and_exit_2(field, value, capsys,
+                                                      tmp_path):
+  argv = ['--config=configs/demo.py', f'--workdir={tmp_path / "w"}',
+          *f'--config.{field}={value}'.split(' ')]
+  code, err = _main_check(argv, capsys)
+  lines = err.strip().splitlines()
+  assert code == 2, (argv, err)
+  assert len(lines) == 1 and lines[0].startswith('error: '), err
+  assert 'Traceback' not in err
+  # The line names the field (or, for a missing value, the one it needs).
+  name = field.split('.')[-1]
+  assert (name in lines[0] or 'data.name' in lines[0] or
+          (name == 'output_size' and 'image_size' in lines[0])), lines[0]
+
+
+def test_proj_layers_zero_is_accepted(capsys, tmp_path):
+  # The head supports no hidden layer (z = h projected by one dense layer).
+  code, err = _main_check(['--config=configs/demo.py',
+                           f'--workdir={tmp_path / "w"}',
+                           '--config.model.num_proj_layers=0'], capsys)
+  assert code == 0, err

@@ -4,8 +4,6 @@ import jax
 import numpy as np
 import pytest
 
-from simclr_jax import models
-from simclr_jax import optim
 from simclr_jax import parallel
 from simclr_jax import train
 from tiny import tiny_config
@@ -13,14 +11,10 @@ from tiny import tiny_config
 
 def _setup(config, num_devices, num_classes):
   mesh = parallel.make_mesh(num_devices)
-  model = models.create_model(config.model, num_classes=num_classes,
-                              axis_name=parallel.AXIS)
-  tx, schedule = optim.create_optimizer(config, total_steps=10,
-                                        steps_per_epoch=5)
-  init_key, train_key = jax.random.split(jax.random.key(config.seed))
-  state = train.create_train_state(model, tx, config.image_size, init_key, mesh)
-  step = train.make_train_step(model, tx, config, mesh, schedule, num_classes)
-  return mesh, state, step, parallel.replicate(train_key, mesh)
+  setup = train.build(config, mesh, num_classes=num_classes, total_steps=10,
+                      steps_per_epoch=5)
+  return (mesh, setup.init_state(), setup.train_step,
+          setup.replicated_train_key())
 
 
 def _batch(config, seed=0):
