@@ -120,6 +120,9 @@ def get_config() -> ml_collections.ConfigDict:
   # On CPU without XLA_FLAGS, split the host into this many XLA devices
   # (XLA's CPU convolutions use one core each); 0 leaves XLA alone.
   train.cpu_devices = 8
+  # Resume even when the config changes what the run computes (batch,
+  # schedule, data, augmentation, model, loss, seed); normally refused.
+  train.allow_config_change = False
 
   # ----------------------------------------------------------- evaluation
   config.eval = ev = ml_collections.ConfigDict()

@@ -844,6 +844,15 @@ def two_views(key: jax.Array, images: jax.Array, config: Any,
                                                       jnp.floating):
     raise ValueError(f'images must be uint8 (or float in [0, 1]), got '
                      f'{images.dtype}')
+  if jnp.issubdtype(images.dtype, jnp.floating) and not isinstance(
+      images, jax.core.Tracer):
+    low, high = float(jnp.min(images)), float(jnp.max(images))
+    if images.size and (low < -1e-6 or high > 1 + 1e-6):
+      raise ValueError(
+          'float images must be in [0, 1] (uint8 images in [0, 255] are '
+          f'scaled by 1/255 here); got values in [{low:g}, {high:g}]')
+  # A NumPy batch is indexed by traced indices under 'map': make it an array.
+  images = jnp.asarray(images)
   num = images.shape[0]
   crop = images.ndim == 4
   if not crop:

@@ -81,3 +81,47 @@ def restore_for_evaluation(workdir: str, target: Any,
     return restore(manager, target, step)
   finally:
     manager.close()
+
+
+class DamagedCheckpoint(RuntimeError):
+  """A checkpoint that exists but cannot be read."""
+
+
+def set_aside(workdir: str, step: int) -> str:
+  """Moves checkpoint `step` out of `workdir/checkpoints` (kept for a post-mortem).
+
+  Returns where it went: `workdir/damaged_checkpoints/<step>[.<n>]`.
+  """
+  source = os.path.join(checkpoint_dir(workdir), str(step))
+  folder = os.path.join(os.path.abspath(workdir), 'damaged_checkpoints')
+  os.makedirs(folder, exist_ok=True)
+  target = os.path.join(folder, str(step))
+  n = 0
+  while os.path.exists(target):
+    n += 1
+    target = os.path.join(folder, f'{step}.{n}')
+  os.replace(source, target)
+  return target
+
+
+def restore_step(manager: ocp.CheckpointManager, target: Any, step: int) -> Any:
+  """Restores checkpoint `step` shaped like `target`.
+
+  Raises:
+    ValueError: the checkpoint holds another model (parameter shapes differ).
+    DamagedCheckpoint: the checkpoint cannot be read (a missing or truncated
+      file, missing metadata).
+  """
+  try:
+    mismatch = mismatched_params(manager, step, target.params)
+  except Exception as e:  # pylint: disable=broad-except
+    raise DamagedCheckpoint(f'{type(e).__name__}: {e}') from e
+  if mismatch:
+    raise ValueError(
+        f'the checkpoint in {manager.directory} is of another model '
+        f'({len(mismatch)} parameters differ, e.g. {mismatch[0]}); use a new '
+        '--workdir')
+  try:
+    return restore(manager, target, step)
+  except Exception as e:  # pylint: disable=broad-except
+    raise DamagedCheckpoint(f'{type(e).__name__}: {e}') from e

@@ -152,6 +152,7 @@ def _run_checks(config: Any) -> None:
            'train.num_steps or train.num_epochs must be positive '
            f'(got {t.num_steps} and {t.num_epochs})')
   _bool(config, 'train.online_probe')
+  _bool(config, 'train.allow_config_change')
   _number_at_least(config, 'loss.temperature', 0, strict=True)
   _bool(config, 'eval.linear_probe')
   _bool(config, 'eval.compare_random_init')

@@ -119,7 +119,8 @@ def nt_xent_with_metrics(
 
   Raises:
     ValueError: if z_a or z_b is not a 2-D float array, the shapes differ or
-      are empty, or a concrete temperature is not a positive finite number.
+      are empty, the global batch has fewer than 2 pairs (no negatives), or a
+      concrete temperature is not a positive finite number.
   """
   _check_inputs(z_a, z_b, temperature)
   n = z_a.shape[0]
@@ -138,6 +139,11 @@ def nt_xent_with_metrics(
     offset = lax.axis_index(axis_name) * n
   big_n = all_a.shape[0]  # Global number of pairs N.
   chex.assert_shape([all_a, all_b], (big_n, z_a.shape[1]))
+  if big_n < 2:
+    # One pair has no negatives: the loss would be 0 with a zero gradient.
+    raise ValueError(
+        'nt_xent: needs at least 2 positive pairs in the (global) batch, so '
+        f'that every anchor has negatives; got N = {big_n}.')
 
   # Local anchors (2n, d): the n a-rows then the n b-rows; candidates (2N, d):
   # every a-row then every b-row of the global batch.

@@ -7,6 +7,7 @@ not a terminal (logs, notebooks, CI) it becomes one line per logging period.
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -29,25 +30,49 @@ def _format_duration(seconds: float) -> str:
 
 
 class Progress:
-  """Step progress on a stream, in place on a terminal, periodic lines otherwise."""
+  """Step progress on a stream: in place on a terminal, periodic lines otherwise.
 
-  def __init__(self, total_steps: int, start_step: int = 0, *,
+  On a terminal the line is redrawn at most every `line_every_seconds`; off a
+  terminal (logs, notebooks, CI) a line is printed at every forced update
+  (the logging steps) and at least every `offline_every_seconds`, so short
+  runs with long steps are never silent. Speed and time left come from the
+  last `window` updates (not from the start), so one slow step (compilation,
+  a checkpoint) does not skew them for long. With `total_steps` None it
+  counts without a bar or time left (e.g. batches of an evaluation pass).
+  """
+
+  def __init__(self, total_steps: int | None, start_step: int = 0, *,
                stream: TextIO | None = None, enabled: bool = True,
-               line_every_seconds: float = 0.5):
+               line_every_seconds: float = 0.5,
+               offline_every_seconds: float = 30.0,
+               images_per_step: int | None = None, window: int = 20,
+               label: str = 'step'):
     self.total = total_steps
     self.start_step = start_step
     self.stream = stream if stream is not None else sys.stderr
     self.enabled = enabled
     self.tty = enabled and hasattr(self.stream, 'isatty') and self.stream.isatty()
     self.line_every_seconds = line_every_seconds
-    self._t0 = time.perf_counter()
-    self._last_draw = 0.0
+    self.offline_every_seconds = offline_every_seconds
+    self.images_per_step = images_per_step
+    self.label = label
+    self._times = collections.deque(maxlen=window + 1)
+    self._times.append((time.perf_counter(), start_step))
+    self._last_draw = time.perf_counter()
     self._drawn = False
 
   def restart_clock(self, step: int) -> None:
-    """Measures time left from now and `step` on (e.g. after compilation)."""
+    """Measures speed and time left from now and `step` on (e.g. after compiling)."""
     self.start_step = step
-    self._t0 = time.perf_counter()
+    self._times.clear()
+    self._times.append((time.perf_counter(), step))
+
+  def _rate(self) -> float | None:
+    """Steps per second over the recent window, None before two points."""
+    if len(self._times) < 2:
+      return None
+    (t0, s0), (t1, s1) = self._times[0], self._times[-1]
+    return (s1 - s0) / (t1 - t0) if t1 > t0 and s1 > s0 else None
 
   def update(self, step: int, metrics: Mapping[str, float] | None = None,
              images_per_sec: float | None = None, *, force: bool = False) -> None:
@@ -55,24 +80,30 @@ class Progress:
     if not self.enabled:
       return
     now = time.perf_counter()
-    if not force and (not self.tty or
-                      now - self._last_draw < self.line_every_seconds):
-      return  # Off a terminal, only the logging steps (force=True) print.
+    if step > self._times[-1][1]:
+      self._times.append((now, step))
+    every = self.line_every_seconds if self.tty else self.offline_every_seconds
+    if not force and now - self._last_draw < every:
+      return
     self._last_draw = now
-    done = step - self.start_step
-    elapsed = now - self._t0
-    left = (self.total - step) * elapsed / done if done > 0 else float('nan')
+    rate = self._rate()
+    known = self.total is not None
+    left = (self.total - step) / rate if rate and known else float('nan')
+    if images_per_sec is None and rate and self.images_per_step:
+      images_per_sec = rate * self.images_per_step
     width = 20
-    frac = step / max(self.total, 1)
-    parts = [f'step {step}/{self.total}']
-    if self.tty:
+    frac = step / max(self.total, 1) if known else 0.0
+    parts = [f'{self.label} {step}/{self.total}' if known
+             else f'{self.label} {step}']
+    if self.tty and known:
       filled = int(width * frac)
       parts.insert(0, '[' + '#' * filled + '.' * (width - filled) + ']')
     if metrics and 'loss' in metrics:
       parts.append(f'loss {metrics["loss"]:.4f}')
     if images_per_sec:
       parts.append(f'{images_per_sec:,.0f} img/s')
-    parts.append(f'{_format_duration(left)} left')
+    if known and step < self.total:
+      parts.append(f'{_format_duration(left)} left')
     line = ' | '.join(parts)
     if self.tty:
       self.stream.write('\r' + line + '\x1b[K')

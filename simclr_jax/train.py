@@ -12,7 +12,7 @@ import dataclasses
 import json
 import math
 import os
-import signal
+import sys
 import time
 from typing import Any, Callable, Iterator
 
@@ -34,6 +34,8 @@ from simclr_jax import models
 from simclr_jax import optim
 from simclr_jax import parallel
 from simclr_jax import reporting
+from simclr_jax import signals
+from simclr_jax import workdir as workdir_lib
 
 AXIS = parallel.AXIS
 
@@ -241,36 +243,6 @@ def device_batches(host_batches: Iterator[dict[str, np.ndarray]],
     yield queue.popleft()
 
 
-class _Preemption:
-  """Turns SIGTERM (preemption) and a first Ctrl-C into a flag the loop polls,
-  so it can save the current step and exit cleanly. A second Ctrl-C
-  interrupts at once."""
-
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __init__(self):
-    self.requested = False
-    self._previous = {}
-
-  def __enter__(self):
-    for sig in self.SIGNALS:
-      try:
-        self._previous[sig] = signal.signal(sig, self._handle)
-      except ValueError:  # Not the main thread (e.g. some notebooks).
-        pass
-    return self
-
-  def _handle(self, signum, frame):
-    if self.requested and signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    del frame
-    self.requested = True
-
-  def __exit__(self, *exc):
-    for sig, previous in self._previous.items():
-      signal.signal(sig, previous)
-
-
 def _check_finite(metrics: dict[str, float], step: int, last_good: int | None) -> None:
   for name in ('loss', 'grad_norm'):
     value = metrics.get(name)
@@ -309,18 +281,27 @@ def final_evaluation(config: Any, model: Any, variables: Any,
   local_batch = eval_batch // jax.process_count()
   feature_fn = evaluate.make_feature_fn(model, mesh)
 
-  def features(vs, split):
+  def features(vs, split, what):
     batches = input_pipeline.create_eval_iterator(
         config, split, local_batch_size=local_batch)
-    return evaluate.extract_features(feature_fn, vs, batches, mesh)
+    progress = reporting.Progress(
+        None, enabled=jax.process_index() == 0, images_per_step=eval_batch,
+        label=f'evaluation: {what} encoder, {split} split, batch')
+
+    def counted():
+      for i, batch in enumerate(batches):
+        yield batch
+        progress.update(i + 1)
+      progress.close()
+    return evaluate.extract_features(feature_fn, vs, counted(), mesh)
 
   results = {}
-  candidates = [('', variables)]
+  candidates = [('', variables, 'pretrained')]
   if init_variables is not None:
-    candidates.append(('_random_init', init_variables))
-  for suffix, vs in candidates:
-    train_x, train_y = features(vs, 'train')
-    test_x, test_y = features(vs, 'eval')
+    candidates.append(('_random_init', init_variables, 'random-init'))
+  for suffix, vs, what in candidates:
+    train_x, train_y = features(vs, 'train', what)
+    test_x, test_y = features(vs, 'eval', what)
     results['probe_accuracy' + suffix] = evaluate.linear_probe_accuracy(
         train_x, train_y, test_x, test_y, num_classes=num_classes,
         l2=config.eval.probe_l2, steps=config.eval.probe_steps)
@@ -329,6 +310,49 @@ def final_evaluation(config: Any, model: Any, variables: Any,
           train_x, train_y, test_x, test_y, k=config.eval.knn_k,
           num_classes=num_classes)
   return results
+
+
+def _resume(config: Any, workdir: str,
+            state: TrainState) -> tuple[Any, TrainState]:
+  """Opens the checkpoints of `workdir`; restores the latest intact one.
+
+  A damaged checkpoint (a missing or truncated file, missing metadata) is
+  reported in one line, moved to `workdir/damaged_checkpoints`, and the
+  previous one is tried. Returns (manager, state): `state` unchanged when
+  there is no intact checkpoint.
+
+  Raises:
+    config_lib.ConfigError: the checkpoints are of another model, or resuming
+      with `config` would change what the run computes.
+  """
+  def open_manager():
+    return checkpoint.create_manager(
+        workdir, keep=config.train.keep_checkpoints,
+        save_every_steps=config.train.checkpoint_every_steps)
+
+  manager = open_manager()
+  while manager.latest_step() is not None:
+    step = manager.latest_step()
+    try:
+      with config_lib.user_errors():
+        if int(step) > 0:
+          workdir_lib.check_resume(workdir, config)
+        restored = checkpoint.restore_step(manager, state, step)
+    except checkpoint.DamagedCheckpoint as e:
+      manager.close()
+      where = (checkpoint.set_aside(workdir, step)
+               if jax.process_index() == 0 else '')
+      print(f'simclr_jax: warning: the checkpoint of step {step} is damaged '
+            f'({str(e).splitlines()[0][:200]}); moved to {where}, trying the '
+            'previous one', file=sys.stderr, flush=True)
+      manager = open_manager()
+      continue
+    except BaseException:
+      manager.close()
+      raise
+    logging.info('Resumed from the checkpoint at step %d.', step)
+    return manager, restored
+  return manager, state
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
@@ -342,7 +366,6 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     config_lib.ConfigError: the config or the data cannot work (one line).
     TrainingDiverged: the loss or gradient became NaN/Inf.
   """
-  from simclr_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   config_lib.validate(config, workdir)
   parallel.setup_cpu_devices(config.train.cpu_devices)
   parallel.maybe_initialize_distributed(config.distributed)
@@ -350,6 +373,21 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     mesh = parallel.make_mesh(config.train.num_devices)
   gbs = config.train.global_batch_size
   config_lib.check_batch(gbs, mesh.size, jax.process_count())
+  lock = workdir_lib.WorkdirLock(workdir)
+  if jax.process_index() == 0:
+    workdir_lib.prepare(workdir)
+    lock.acquire()
+  try:
+    return _pretrain(config, workdir, mesh)
+  finally:
+    lock.release()
+
+
+def _pretrain(config: Any, workdir: str,
+              mesh: jax.sharding.Mesh) -> dict[str, Any]:
+  """`train_and_evaluate` once the mesh is made and the workdir is locked."""
+  from simclr_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  gbs = config.train.global_batch_size
   is_chief = jax.process_index() == 0
   with config_lib.user_errors():
     info = input_pipeline.get_info(config)
@@ -366,29 +404,19 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   state = setup.init_state()
   train_key = setup.replicated_train_key()
 
-  os.makedirs(workdir, exist_ok=True)
-  manager = checkpoint.create_manager(
-      workdir, keep=config.train.keep_checkpoints,
-      save_every_steps=config.train.checkpoint_every_steps)
-  start_step = 0
-  if manager.latest_step() is not None:
-    mismatch = checkpoint.mismatched_params(manager, manager.latest_step(),
-                                            state.params)
-    if mismatch:
-      manager.close()
-      raise config_lib.ConfigError(
-          f'the checkpoint in {checkpoint.checkpoint_dir(workdir)} is of '
-          f'another model ({len(mismatch)} parameters differ, e.g. '
-          f'{mismatch[0]}); use a new --workdir')
-    state = checkpoint.restore(manager, state)
-    start_step = int(state.step)
-    logging.info('Resumed from the checkpoint at step %d.', start_step)
+  manager, state = _resume(config, workdir, state)
+  start_step = int(state.step)
+  if start_step > total_steps:
+    manager.close()
+    raise config_lib.ConfigError(
+        f'the checkpoint in {workdir!r} is at step {start_step}, beyond this '
+        f'run\'s {total_steps} steps; use a new --workdir')
   if is_chief:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+    workdir_lib.record_config(workdir, config, start_step)
 
   writer = reporting.MetricsWriter(workdir)
-  progress = reporting.Progress(total_steps, start_step, enabled=is_chief)
+  progress = reporting.Progress(total_steps, start_step, enabled=is_chief,
+                                images_per_step=gbs)
   if is_chief:
     print(f'simclr_jax: {info.num_train_examples} training images, '
           f'{total_steps} steps of {gbs} on {mesh.size} '
@@ -405,28 +433,31 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   t_start = time.perf_counter()
   window: list[dict[str, jax.Array]] = []
   last_checked = None
+  latest = None  # Host values of the last checked step (progress lines).
   t_window, steps_in_window = time.perf_counter(), 0
   preempted = False
-  with _Preemption() as preemption:
+  with signals.StopRequests() as stop:
     for step in range(start_step, total_steps):
+      stop.step = step + 1
       batch = next(batches)
       state, metrics = train_step(state, batch['image'], batch['label'],
                                   train_key)
       window.append(metrics)
       steps_in_window += 1
       done = step + 1
-      if step == start_step:
+      first = step == start_step
+      if first:
         # Time speed and ETA from the end of the first (compiling) step.
         jax.block_until_ready(metrics['loss'])
         t_window, steps_in_window = time.perf_counter(), 0
         progress.restart_clock(done)
       # Check the previous step while this one runs: no stall on the device.
       if last_checked is not None:
-        _check_finite(jax.device_get(last_checked), done - 1,
-                      manager.latest_step())
+        latest = jax.device_get(last_checked)
+        _check_finite(latest, done - 1, manager.latest_step())
       last_checked = {k: metrics[k] for k in ('loss', 'grad_norm')}
       last = done == total_steps
-      if done % config.train.log_every_steps == 0 or last or preemption.requested:
+      if done % config.train.log_every_steps == 0 or last or stop.requested:
         scalars = _mean_metrics(window)
         _check_finite(scalars, done, manager.latest_step())
         elapsed = time.perf_counter() - t_window
@@ -436,12 +467,15 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
         writer.write(done, scalars)
         progress.update(done, scalars, ips, force=True)
         window, t_window, steps_in_window = [], time.perf_counter(), 0
+      elif first:
+        # The first loss at once, however long the logging period.
+        progress.update(done, jax.device_get(last_checked), force=True)
       else:
-        progress.update(done)
-      if done % config.train.checkpoint_every_steps == 0 or preemption.requested:
+        progress.update(done, latest)
+      if done % config.train.checkpoint_every_steps == 0 or stop.requested:
         _check_finite(jax.device_get(last_checked), done, manager.latest_step())
         checkpoint.save(manager, done, state, force=True)
-      if preemption.requested:
+      if stop.requested:
         preempted = True
         break
   progress.close()

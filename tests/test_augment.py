@@ -422,3 +422,26 @@ def test_config_and_input_errors():
       augment.two_views(key, bad, config)
   with pytest.raises(ValueError, match='one key per example'):
     augment.two_views(jax.random.split(key, 3), images, config)
+
+
+@pytest.mark.parametrize('strategy', ['map', 'vmap', 'auto'])
+def test_numpy_batch_equals_jax_batch(strategy):
+  # The README's own usage: a NumPy uint8 batch, straight from a loader.
+  rng = np.random.default_rng(3)
+  images = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+  config = aug_config(output_size=8, strategy=strategy)
+  key = jax.random.key(1)
+  a_np, b_np = augment.two_views(key, images, config)
+  a_jx, b_jx = augment.two_views(key, jnp.asarray(images), config)
+  np.testing.assert_array_equal(a_np, a_jx)
+  np.testing.assert_array_equal(b_np, b_jx)
+
+
+def test_float_images_outside_unit_range_raise():
+  key = jax.random.key(0)
+  config = aug_config(output_size=8)
+  images = np.full((2, 8, 8, 3), 200.0, np.float32)  # [0, 255] by mistake.
+  with pytest.raises(ValueError, match=r'\[0, 1\]'):
+    augment.two_views(key, images, config)
+  ok = augment.two_views(key, images / 255.0, config)
+  assert ok[0].shape == (2, 8, 8, 3)

@@ -140,6 +140,7 @@ BAD_VALUES = {
     'train.num_epochs': ['-1', '0 --config.train.num_steps=0'],
     'train.num_steps': ['-3'],
     'train.online_probe': ['maybe'],
+    'train.allow_config_change': ['whatever'],
 }
 
 

@@ -339,15 +339,20 @@ def test_zero_vectors():
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
 
 
-def test_single_pair_has_zero_loss():
-  """With N = 1 the only candidate of each anchor is its positive."""
+def test_single_pair_raises():
+  """With N = 1 there are no negatives: an error, not a silent zero loss."""
   z_a, z_b = _pairs(11, n=1)
-  (loss, metrics), (g_a, g_b) = _loss_and_grads(0.1)(z_a, z_b)
-  assert float(loss) == 0.0
-  assert float(metrics['contrastive_accuracy']) == 1.0
-  assert float(metrics['contrastive_entropy']) == 0.0
-  np.testing.assert_array_equal(g_a, 0.0)
-  np.testing.assert_array_equal(g_b, 0.0)
+  with pytest.raises(ValueError, match='at least 2 positive pairs'):
+    losses.nt_xent(z_a, z_b)
+  # Also across devices: one pair on one device of a 1-device mesh.
+  mesh = jax.make_mesh((1,), ('batch',),
+                       axis_types=(jax.sharding.AxisType.Explicit,))
+  fn = jax.shard_map(functools.partial(losses.nt_xent, axis_name='batch'),
+                     mesh=mesh, in_specs=(P('batch'), P('batch')),
+                     out_specs=P())
+  with pytest.raises(ValueError, match='at least 2 positive pairs'):
+    fn(jax.device_put(z_a, NamedSharding(mesh, P('batch'))),
+       jax.device_put(z_b, NamedSharding(mesh, P('batch'))))
 
 
 def test_traced_temperature():

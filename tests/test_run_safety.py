@@ -1,0 +1,164 @@
+"""A workdir belongs to one run: lock, damaged checkpoints, changed configs,
+unwritable workdirs and signals, each through main.py as a user meets them.
+
+Slow-ish (each case starts main.py; about a minute in all on 2 cores): the
+runs share JAX's persistent compilation cache.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    '--config=configs/demo.py',
+    '--config.image_size=8', '--config.data.resize_to=8',
+    '--config.model.base_width=4', '--config.model.proj_out_dim=8',
+    '--config.train.global_batch_size=32',
+    '--config.train.checkpoint_every_steps=2',
+    '--config.train.log_every_steps=2',
+    '--config.eval.linear_probe=false',
+]
+
+
+@pytest.fixture(scope='module')
+def env(tmp_path_factory):
+  env = dict(os.environ)
+  env['TF_CPP_MIN_LOG_LEVEL'] = '2'
+  env['JAX_COMPILATION_CACHE_DIR'] = str(tmp_path_factory.mktemp('jax_cache'))
+  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  env['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+  return env
+
+
+def _args(workdir, steps, *extra):
+  return [sys.executable, 'main.py', f'--workdir={workdir}', *TINY,
+          f'--config.train.num_steps={steps}', *extra]
+
+
+def _run(env, workdir, steps, *extra, timeout=300):
+  return subprocess.run(_args(workdir, steps, *extra), cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def _start(env, workdir, steps, *extra):
+  return subprocess.Popen(_args(workdir, steps, *extra), cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+
+
+def _one_error_line(result):
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  errors = [l for l in lines if l.startswith('error: ')]
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert len(errors) == 1 and 'Traceback' not in result.stderr, result.stderr
+  return errors[0]
+
+
+def _steps_saved(workdir):
+  path = os.path.join(workdir, 'checkpoints')
+  return sorted(int(d) for d in os.listdir(path) if d.isdigit())
+
+
+def _wait_for(predicate, proc, timeout=240):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if predicate():
+      return True
+    if proc.poll() is not None:
+      return False
+    time.sleep(0.05)
+  return False
+
+
+def test_second_run_refused_and_stale_lock_does_not_block(env, tmp_path):
+  workdir = str(tmp_path / 'w')
+  first = _start(env, workdir, 10_000)
+  try:
+    assert _wait_for(lambda: os.path.isdir(os.path.join(workdir, 'checkpoints'))
+                     and _steps_saved(workdir), first)
+    second = _run(env, workdir, 10_000)
+    line = _one_error_line(second)
+    assert 'in use by another run' in line and f'pid {first.pid}' in line
+  finally:
+    first.kill()  # SIGKILL: the lock is left behind, but not held.
+    first.communicate()
+  assert os.path.exists(os.path.join(workdir, 'run.lock'))
+  # A new run is not blocked by the dead run's lock file.
+  resumed = _run(env, workdir, _steps_saved(workdir)[-1] + 2,
+                 '--config.train.allow_config_change=true')
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+
+def test_damaged_latest_checkpoint_resumes_from_previous(env, tmp_path):
+  workdir = str(tmp_path / 'w')
+  assert _run(env, workdir, 6).returncode == 0
+  assert _steps_saved(workdir)[-2:] == [4, 6]
+  os.remove(os.path.join(workdir, 'checkpoints', '6', 'default', '_METADATA'))
+  result = _run(env, workdir, 6)
+  assert result.returncode == 0, result.stderr[-3000:]
+  warnings = [l for l in result.stderr.splitlines() if 'damaged' in l]
+  assert len(warnings) == 1 and 'step 6' in warnings[0], result.stderr
+  assert 'resuming at step 4' in result.stdout
+  assert _steps_saved(workdir)[-1] == 6
+  assert os.listdir(os.path.join(workdir, 'damaged_checkpoints')) == ['6']
+
+
+def test_changed_batch_size_on_resume_is_refused(env, tmp_path):
+  workdir = str(tmp_path / 'w')
+  first = _start(env, workdir, 10_000)
+  try:
+    assert _wait_for(lambda: os.path.isdir(os.path.join(workdir, 'checkpoints'))
+                     and _steps_saved(workdir), first)
+  finally:
+    first.kill()
+    first.communicate()
+  changed = _run(env, workdir, 10_000, '--config.train.global_batch_size=64')
+  line = _one_error_line(changed)
+  assert 'train.global_batch_size 32 -> 64' in line
+  # Free fields (logging, checkpoints, devices) may change.
+  free = _run(env, workdir, _steps_saved(workdir)[-1] + 2,
+              '--config.train.allow_config_change=true',
+              '--config.train.log_every_steps=1')
+  assert free.returncode == 0, free.stderr[-3000:]
+  history = sorted(os.listdir(os.path.join(workdir, 'config_history')))
+  assert len(history) == 2 and history[0].startswith('000-step0')
+
+
+def test_unwritable_workdir_is_one_line(env, tmp_path):
+  result = _run(env, '/proc/no_such_dir/w', 2)
+  assert 'cannot create or write the workdir' in _one_error_line(result)
+
+
+def test_signals_acknowledged_at_once_second_stops_now(env, tmp_path):
+  workdir = str(tmp_path / 'w')
+  proc = _start(env, workdir, 10_000)
+  err = []
+  reader = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
+  reader.start()
+  try:
+    assert _wait_for(lambda: os.path.isdir(os.path.join(workdir, 'checkpoints'))
+                     and _steps_saved(workdir), proc)
+    proc.send_signal(signal.SIGTERM)
+    # The acknowledgement comes at once (not at the end of the step); the
+    # second signal, sent while the first is being handled, stops the run now.
+    assert _wait_for(lambda: any('SIGTERM received' in l for l in err), proc,
+                     timeout=10), ''.join(err)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    reader.join(timeout=10)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  text = ''.join(err)
+  if proc.returncode == 0:  # The first signal's save finished first.
+    assert 'stopped by a signal' in proc.stdout.read()
+  else:
+    assert proc.returncode == 128 + signal.SIGTERM, text[-3000:]
+    assert 'second SIGTERM: stopping now without saving' in text
+  assert 'SIGTERM received: saving a checkpoint at the end of step' in text
