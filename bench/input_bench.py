@@ -3,8 +3,8 @@ r"""Throughput of the input pipeline on this host, printed as JSON.
   python bench/input_bench.py           # full: ~1-2 min on 2 cores
   python bench/input_bench.py --quick   # smoke check: a few seconds
 
-Measures images per second delivered by `create_train_iterator` (what the
-train step receives) for:
+Measures images per second delivered by a data source's `train_iterator`
+(what the train step receives) for:
 
 * the CIFAR-10 JPEG folder of /work/shared/data (cifar10_train_jpeg.tar.gz,
   unpacked to a temporary folder): host crop (the folder default), device
@@ -31,19 +31,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from configs import default  # pylint: disable=g-import-not-at-top
-from simclr_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
+from simclr_jax import data  # pylint: disable=g-import-not-at-top
 
 CIFAR_TAR = '/work/shared/data/cifar10_train_jpeg.tar.gz'
 
 
-def _config(data_dir, image_size, **data):
+def _config(data_dir, image_size, **fields):
   config = default.get_config()
   config.image_size = image_size
   config.data.source = 'folder'
   config.data.data_dir = data_dir
   config.data.eval_split = ''
   config.data.holdout_fraction = 0.0
-  for k, v in data.items():
+  for k, v in fields.items():
     setattr(config.data, k, v)
   return config
 
@@ -99,19 +99,19 @@ def _write_photos(dest, count):
 
 def _flat_rate(paths, config, batch, warmup, steps, full_decode):
   """Host crops from a plain tf.data map (no spares), for comparison."""
-  tf = ip._tf()  # pylint: disable=protected-access
-  fns = ip._ElementFns(config)  # pylint: disable=protected-access
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from simclr_jax.data import host_ops  # pylint: disable=g-import-not-at-top
+  fns = host_ops.ElementFns(config)
 
   def load(path, key):
     contents = tf.io.read_file(path)
     if full_decode:
-      return fns.host_views_decoded(
-          tf, ip._decode_full(tf, contents), key)  # pylint: disable=protected-access
-    return fns.host_views(tf, contents, key)
+      return fns.host_views_decoded(host_ops.decode_full(contents), key)
+    return fns.host_views(contents, key)
 
   ds = tf.data.Dataset.from_tensor_slices(
       (np.array(paths).astype(bytes), np.arange(len(paths), dtype=np.int64)))
-  ds = ds.repeat().map(ip._plain(load),  # pylint: disable=protected-access
+  ds = ds.repeat().map(host_ops.plain(load),
                         num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch, drop_remainder=True).prefetch(2)
   rate, cpu_ms, _ = _rate(ds.as_numpy_iterator(), batch, warmup, steps)
@@ -137,7 +137,7 @@ def main():
                               2000 if quick else None)
       cifar = {'images': n, 'unpack_s': round(time.perf_counter() - t0, 2)}
       t0 = time.perf_counter()
-      info = ip.get_info(_config(root, 32))
+      info = data.get_info(_config(root, 32))
       cifar['scan_s'] = round(time.perf_counter() - t0, 2)
       cifar['num_classes'] = info.num_classes
       batch = 256
@@ -146,9 +146,8 @@ def main():
                        ('device_crop_cached', {'crop': 'device',
                                                'cache': True})):
         t0 = time.perf_counter()
-        it = ip.create_train_iterator(_config(root, 32, **kw),
-                                      local_batch_size=batch, process_index=0,
-                                      process_count=1)
+        it = data.make_source(_config(root, 32, **kw)).train_iterator(
+            batch, process_index=0, process_count=1)
         start = time.perf_counter() - t0
         rate, cpu_ms, first = _rate(it, batch, warmup, steps)
         cifar[name] = {'images_per_sec': round(rate, 1),
@@ -165,8 +164,8 @@ def main():
     _write_photos(photos, count)
     batch = 16 if quick else 64
     config = _config(photos, 224)
-    it = ip.create_train_iterator(config, local_batch_size=batch,
-                                  process_index=0, process_count=1)
+    it = data.make_source(config).train_iterator(batch, process_index=0,
+                                                 process_count=1)
     rate, cpu_ms, first = _rate(it, batch, warmup, steps)
     paths = sorted(os.path.join(photos, f) for f in os.listdir(photos))
     results['jpeg_500x375_host_crop_224'] = {

@@ -22,10 +22,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from simclr_jax import augment
+from simclr_jax.data import IMAGE_EXTENSIONS
 
 SAMPLE_PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket')
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif',
-                    '.tiff')
 _TWO_VIEWS = jax.jit(augment.two_views, static_argnums=2)
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'configs', 'default.py')

@@ -37,7 +37,7 @@ import jax
 import numpy as np
 
 from simclr_jax import checkpoint
-from simclr_jax import input_pipeline
+from simclr_jax import data
 from simclr_jax import models
 from simclr_jax import optim
 from simclr_jax import parallel
@@ -68,22 +68,22 @@ def emulate_processes(n: int) -> None:
 
   Global batch = concatenation of the local batches of processes 0..n-1, in
   process order (the order `host_to_global` lays them out on the mesh).
+  Patches `data.DataSource.train_iterator`, which every source inherits.
   """
-  original = input_pipeline.create_train_iterator
+  original = data.DataSource.train_iterator
 
-  def create_train_iterator(config, *, local_batch_size, start_step=0,
-                            process_index=None, process_count=None):
+  def train_iterator(self, local_batch_size, start_step=0, process_index=None,
+                     process_count=None):
     del process_index, process_count
     if local_batch_size % n:
       raise ValueError(f'batch {local_batch_size} does not split over {n}')
-    parts = [original(config, local_batch_size=local_batch_size // n,
-                      start_step=start_step, process_index=p, process_count=n)
+    parts = [original(self, local_batch_size // n, start_step, p, n)
              for p in range(n)]
     while True:
       batches = [next(it) for it in parts]
       yield {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
-  input_pipeline.create_train_iterator = create_train_iterator
+  data.DataSource.train_iterator = train_iterator
 
 
 def local_copy(x: jax.Array) -> np.ndarray:
@@ -112,7 +112,7 @@ def main() -> None:
   # Restore the last checkpoint (every process takes part) into an abstract
   # template of the same structure, replicated (nothing is compiled).
   mesh = parallel.make_mesh(config.train.num_devices)
-  info = input_pipeline.get_info(config)
+  info = data.get_info(config)
   model = models.create_model(config.model, num_classes=info.num_classes,
                               axis_name=parallel.AXIS)
   tx, _ = optim.create_optimizer(config, NUM_STEPS, 1)

@@ -1,4 +1,4 @@
-"""The input pipeline: digits, image folders and TFDS (mocked or built locally).
+"""The data sources: digits, image folders and TFDS (mocked or built locally).
 
 Every test checks a property (pixels equal a reference decoder, splits are
 disjoint and cover the data, batches are a function of seed and step), not
@@ -16,7 +16,9 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import default
-from simclr_jax import input_pipeline as ip
+from simclr_jax import data as ip
+from simclr_jax.data import host_ops
+from simclr_jax.data import tfds as tfds_source
 
 tf.config.set_visible_devices([], 'GPU')
 
@@ -100,8 +102,8 @@ def test_digits_batches_are_a_function_of_seed_and_step():
 
 
 def test_epoch_order_is_a_permutation_per_epoch():
-  order = ip._EpochOrder(seed=3, process_index=1, num_local=50,
-                         local_batch_size=8, steps_per_epoch=6)
+  order = ip.EpochOrder(seed=3, process_index=1, num_local=50,
+                        local_batch_size=8, steps_per_epoch=6)
   for epoch in range(2):
     seen = np.concatenate([order.step_indices(epoch * 6 + j) for j in range(6)])
     assert len(set(seen)) == 48 and seen.max() < 50
@@ -192,7 +194,6 @@ def mixed_folder(tmp_path_factory):
 
 def test_folder_reads_every_format_as_rgb(mixed_folder, caplog):
   root, expected = mixed_folder
-  ip._scan_folder.cache_clear()
   with caplog.at_level(logging.WARNING):
     scan = ip.scan_folder(root)
   assert [os.path.relpath(p, root) for p in scan.skipped] == ['dog/corrupt.jpg']
@@ -403,14 +404,15 @@ def _tfds_config(data_dir, **data):
 def test_tfds_processes_are_disjoint_and_resumable(tiny_tfds, streamed,
                                                    monkeypatch):
   if streamed:  # Force the streaming reader for this fixed-size dataset.
-    monkeypatch.setattr(ip, '_MAX_IN_MEMORY_BYTES', 0)
+    monkeypatch.setattr(tfds_source, 'MAX_IN_MEMORY_BYTES', 0)
   config = _tfds_config(tiny_tfds)
   config.image_size = 8
   info = ip.get_info(config)
   assert (info.num_train_examples, info.num_eval_examples, info.num_classes,
           info.train_image_shape) == (50, 10, 3, (8, 8, 3))
-  assert isinstance(ip._get_source(config),
-                    ip._TfdsStreamSource if streamed else ip._TfdsArraySource)
+  assert isinstance(ip.make_source(config),
+                    tfds_source.TfdsStreamSource if streamed
+                    else tfds_source.TfdsArraySource)
   seen = []
   for p in range(2):
     kw = dict(local_batch_size=5, process_index=p, process_count=2)
@@ -505,9 +507,10 @@ def test_tfds_mock_imagenette_host_crop():
 def test_tfds_split_arithmetic_and_labelled_part(tiny_tfds):
   config = _tfds_config(tiny_tfds, train_split='train+test')
   assert ip.get_info(config).num_train_examples == 60
-  assert ip._labelled_part('train+unlabelled', ['train', 'unlabelled']) == 'train'
-  assert ip._labelled_part('unlabelled', ['train', 'unlabelled', 'test']) == 'train'
-  assert ip._labelled_part('train[:50%]+test', []) == 'train[:50%]+test'
+  labelled_part = tfds_source.labelled_part
+  assert labelled_part('train+unlabelled', ['train', 'unlabelled']) == 'train'
+  assert labelled_part('unlabelled', ['train', 'unlabelled', 'test']) == 'train'
+  assert labelled_part('train[:50%]+test', []) == 'train[:50%]+test'
 
 
 def test_digits_host_crop():
@@ -531,8 +534,8 @@ def test_host_crop_windows_follow_the_device_sampler():
   from simclr_jax import augment  # pylint: disable=g-import-not-at-top
   height, width, n = 375, 500, 3000
   scale, ratio = (0.08, 1.0), (3 / 4, 4 / 3)
-  sample = tf.function(lambda seed: ip._sample_window(  # pylint: disable=protected-access
-      tf, tf.constant(height), tf.constant(width), seed, scale, ratio))
+  sample = tf.function(lambda seed: host_ops.sample_window(
+      tf.constant(height), tf.constant(width), seed, scale, ratio))
   host = np.stack([sample(tf.constant([7, i])).numpy() for i in range(n)])
   draws = jax.vmap(lambda k: augment.sample_crop(k, height, width, scale, ratio))(
       jax.random.split(jax.random.key(0), n))

@@ -1,0 +1,112 @@
+"""Finding the images of a folder, and their labels. Standard library only.
+
+Files are chosen by extension (`IMAGE_EXTENSIONS`, the formats that
+`tf.io.decode_image` reads); the first-level subfolders are the classes when
+every image lies inside one. Image files whose header is not a known image
+format are skipped and reported in one warning line. This module is apart
+from `folder` (which reads the images with TensorFlow) so that
+`simclr_jax.data` offers the scan and the extension list without importing
+TensorFlow.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+
+import numpy as np
+from absl import logging
+
+# The image files of a folder: what tf.io.decode_image can decode (not TIFF).
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp')
+
+
+def _looks_like_image(path: str) -> bool:
+  """Whether the file starts like a JPEG, PNG, GIF, BMP or WebP image.
+
+  JPEG and PNG files must also end like one (an end-of-image marker or IEND
+  chunk near the end): that catches truncated files, the usual corruption of
+  an interrupted copy or download, before they reach the decoder.
+  """
+  try:
+    with open(path, 'rb') as f:
+      head = f.read(16)
+      f.seek(max(os.fstat(f.fileno()).st_size - 64, 0))
+      tail = f.read()
+  except OSError:
+    return False
+  if head.startswith(b'\xff\xd8\xff'):
+    return b'\xff\xd9' in tail
+  if head.startswith(b'\x89PNG\r\n\x1a\n'):
+    return b'IEND' in tail
+  return (head[:6] in (b'GIF87a', b'GIF89a')
+          or (head.startswith(b'BM') and len(head) >= 14)
+          or (head[:4] == b'RIFF' and head[8:12] == b'WEBP'))
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderScan:
+  """The images of a folder.
+
+  Attributes:
+    paths: (N,) object array of file paths, sorted.
+    labels: int32 (N,), the index of the first-level subfolder in
+      `class_names`, or -1 when unlabelled.
+    class_names: sorted subfolder names; empty when unlabelled.
+    skipped: paths of image files whose content is not a readable image.
+  """
+  paths: np.ndarray
+  labels: np.ndarray
+  class_names: tuple
+  skipped: tuple
+
+
+def scan_folder(root: str) -> FolderScan:
+  """Finds the images under `root` (recursively) and their labels.
+
+  Files are chosen by extension (IMAGE_EXTENSIONS, any case); others are
+  ignored. When every image lies inside a first-level subfolder, the sorted
+  subfolder names are the classes; otherwise the images are unlabelled. Image
+  files that do not start like an image are skipped, counted and reported in
+  one warning line.
+
+  Raises:
+    ValueError: `root` is not a folder, or holds no readable image.
+  """
+  if not root or not os.path.isdir(root):
+    raise ValueError(f'image folder {root!r} (data.data_dir) is not a '
+                     'directory')
+  root = os.path.abspath(root)
+  found = []
+  for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    dirnames.sort()
+    for name in sorted(filenames):
+      if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+        found.append(os.path.join(dirpath, name))
+  if not found:
+    raise ValueError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) found in '
+                     f'{root!r}')
+  with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    ok = list(pool.map(_looks_like_image, found, chunksize=256))
+  good = [p for p, k in zip(found, ok) if k]
+  skipped = tuple(p for p, k in zip(found, ok) if not k)
+  if skipped:
+    logging.warning(
+        'Skipping %d unreadable image file(s) of %d in %s, e.g. %s',
+        len(skipped), len(found), root, ', '.join(skipped[:3]))
+  if not good:
+    raise ValueError(f'none of the {len(found)} image files in {root!r} is '
+                     'a readable image')
+  tops = [os.path.relpath(p, root).split(os.sep) for p in good]
+  if all(len(t) > 1 for t in tops):
+    class_names = tuple(sorted({t[0] for t in tops}))
+    index = {c: i for i, c in enumerate(class_names)}
+    labels = np.array([index[t[0]] for t in tops], np.int32)
+  else:
+    class_names = ()
+    labels = np.full(len(good), -1, np.int32)
+  paths = np.array(good, dtype=object)
+  paths.setflags(write=False)
+  labels.setflags(write=False)
+  return FolderScan(paths, labels, class_names, skipped)

@@ -1,0 +1,306 @@
+"""TFDS datasets as a data source: builders, splits, in memory or streamed.
+
+Any TFDS dataset with an `image` feature, by name and split. A fixed-size
+dataset whose largest split fits in memory (`MAX_IN_MEMORY_BYTES` per
+process) is decoded once into memory (`TfdsArraySource`); others are
+streamed from their files with per-epoch file and buffer shuffles seeded from
+(seed, epoch, process), skipping the first records of an epoch before any
+decoding to resume (`TfdsStreamSource`). Each process reads
+`tfds.even_splits` of a split.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from simclr_jax.data import arrays
+from simclr_jax.data import base
+from simclr_jax.data import host_ops
+from simclr_jax.data import order
+from simclr_jax.data import streams
+
+# Fixed-size TFDS splits up to this size (per process) are read into memory.
+MAX_IN_MEMORY_BYTES = 4 << 30
+# Decoded images per batch when a split is read into memory.
+_DECODE_BATCH = 1024
+
+
+def _first_line(e: Exception) -> str:
+  return str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+
+
+def load_builder(name: str, data_dir: str,
+                 download: bool) -> tfds.core.DatasetBuilder:
+  """The prepared TFDS builder of `name`, offline unless `download`.
+
+  Raises:
+    ValueError: unknown dataset, or not prepared and download is False.
+  """
+  where = data_dir or '~/tensorflow_datasets (the TFDS default)'
+  if ':' in name and not download:
+    # Community datasets (huggingface:..., etc.) are looked up online.
+    raise ValueError(f'TFDS dataset {name!r} is a community dataset: set '
+                     'data.download = True to fetch it (needs internet)')
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None)
+  except Exception as e:  # pylint: disable=broad-except
+    # DatasetNotFoundError, bad config or version: all "no such dataset".
+    raise ValueError(f'TFDS dataset {name!r} cannot be loaded from {where}: '
+                     f'{_first_line(e)}') from e
+  if not builder.is_prepared():
+    if not download:
+      raise ValueError(
+          f'TFDS dataset {name!r} is not prepared in {where}; set '
+          'data.download = True to download and prepare it (needs internet), '
+          f'or prepare it first: tfds build {name} --data_dir=DIR')
+    try:
+      builder.download_and_prepare()
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f'preparing TFDS dataset {name!r} in {where} failed: '
+                       f'{_first_line(e)}') from e
+  if 'image' not in builder.info.features:
+    raise ValueError(f'TFDS dataset {name!r} has no "image" feature (features:'
+                     f' {", ".join(builder.info.features.keys())})')
+  return builder
+
+
+def num_examples(builder: tfds.core.DatasetBuilder, split: Any) -> int:
+  """Examples in `split` (a split name, slice or even split)."""
+  try:
+    return int(builder.info.splits[split].num_examples)
+  except (KeyError, ValueError, TypeError, AttributeError):
+    # No split metadata (e.g. tfds.testing.mock_data): count the records.
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            decoders={'image': tfds.decode.SkipDecoding()})
+    n = int(ds.cardinality())
+    if n < 0:
+      n = int(ds.reduce(tf.constant(0, tf.int64),
+                        host_ops.plain(lambda c, _: c + 1)))
+    return n
+
+
+def labelled_part(split: str, known: Sequence[str]) -> str:
+  """`split` without its unlabelled parts: 'train+unlabelled' -> 'train'.
+
+  A split of unlabelled examples only (STL-10's 'unlabelled') gives 'train'.
+  """
+  unlabelled = ('unlabelled', 'unlabeled')
+  parts = [p for p in split.split('+')
+           if p.strip().split('[')[0] not in unlabelled]
+  if parts:
+    return '+'.join(parts)
+  return 'train' if not known or 'train' in known else split
+
+
+class Splits:
+  """The splits (base.SPLITS) of a TFDS dataset and their per-process parts."""
+
+  def __init__(self, config: Any, builder: tfds.core.DatasetBuilder):
+    d = config.data
+    self.builder = builder
+    known = list(builder.info.splits.keys())
+    for what, split in (('train_split', d.train_split),
+                        ('eval_split', d.eval_split)):
+      for part in (p.strip().split('[')[0] for p in split.split('+')):
+        if split and known and part not in known:
+          raise ValueError(f'TFDS dataset {d.name!r} has no split {part!r} '
+                           f'(data.{what}); its splits are {", ".join(known)}')
+    if not d.train_split:
+      raise ValueError('data.train_split must name a split')
+    if d.eval_split:
+      pretrain, evaluation = d.train_split, d.eval_split
+    else:
+      if '[' in d.train_split:
+        raise ValueError(
+            f'data.train_split={d.train_split!r} is a slice: with '
+            "data.eval_split = '' give a whole split (the last "
+            'data.holdout_fraction of it is held out), or set data.eval_split')
+      n = num_examples(builder, d.train_split)
+      keep = n - int(round(float(d.holdout_fraction) * n))
+      pretrain = f'{d.train_split}[:{keep}]'
+      evaluation = f'{d.train_split}[{keep}:]'
+    self.splits = {'pretrain': pretrain, 'eval': evaluation,
+                   'train': labelled_part(pretrain, known)}
+    self._counts = {}
+
+  def part(self, split: str, process_index: int, process_count: int) -> Any:
+    """This process's part of `split`, for `builder.as_dataset`."""
+    if process_count == 1:
+      return self.splits[split]
+    return tfds.even_splits(self.splits[split], n=process_count)[process_index]
+
+  def counts(self, split: str, process_count: int) -> list[int]:
+    """Examples of `split` on each of `process_count` processes."""
+    key = (split, process_count)
+    if key not in self._counts:
+      self._counts[key] = [
+          num_examples(self.builder, self.part(split, p, process_count))
+          for p in range(process_count)]
+    return self._counts[key]
+
+
+def _pair_fn(builder: tfds.core.DatasetBuilder) -> Callable:
+  """Maps a TFDS example dict to (image, label int32; -1 when none)."""
+  has_label = 'label' in builder.info.features
+
+  def pair(ex):
+    y = (tf.cast(ex['label'], tf.int32) if has_label
+         else tf.constant(-1, tf.int32))
+    return ex['image'], y
+  return pair
+
+
+def examples(builder: tfds.core.DatasetBuilder, split: Any,
+             decode_image: bool) -> tf.data.Dataset:
+  """tf.data of (image, label int32) of a split, in stored order.
+
+  The image is uint8 (H, W, C) when `decode_image`, else the encoded bytes.
+  """
+  decoders = None if decode_image else {'image': tfds.decode.SkipDecoding()}
+  ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
+                          read_config=tfds.ReadConfig(try_autocache=False))
+  return ds.map(host_ops.plain(_pair_fn(builder)),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def make_source(config: Any) -> base.DataSource:
+  """The TFDS source of `config.data`: in memory when it fits, else streamed."""
+  d = config.data
+  builder = load_builder(str(d.name), str(d.data_dir), bool(d.download))
+  splits = Splits(config, builder)
+  features = builder.info.features
+  label = features['label'] if 'label' in features else None
+  num_classes = int(getattr(label, 'num_classes', 0) or 0)
+  shape = tuple(features['image'].shape)
+  fixed = len(shape) == 3 and shape[0] is not None and shape[1] is not None
+  on_host = base.crop_on_host(config, auto_host=not fixed)
+  r = int(d.resize_to)
+  if fixed:
+    h, w = (r, r) if r > 0 else (shape[0], shape[1])
+    largest = max(splits.counts('pretrain', 1)[0], splits.counts('eval', 1)[0])
+    if largest * h * w * 3 <= MAX_IN_MEMORY_BYTES:
+      return TfdsArraySource(config, splits, num_classes, (h, w, 3))
+  return TfdsStreamSource(config, splits, num_classes, on_host)
+
+
+class TfdsArraySource(arrays.ArraySource):
+  """A fixed-size TFDS dataset that fits in memory: decoded once per process."""
+
+  def __init__(self, config: Any, splits: Splits, num_classes: int,
+               image_shape: tuple):
+    super().__init__(config, num_classes, image_shape)
+    self.splits = splits
+    self._parts = {}
+
+  def counts(self, split, process_count):
+    return self.splits.counts(split, process_count)
+
+  def local(self, split, process_index, process_count):
+    part = self.splits.part(split, process_index, process_count)
+    if str(part) not in self._parts:
+      self._parts[str(part)] = self._decode(part)
+    return self._parts[str(part)]
+
+  def _decode(self, part: Any) -> arrays.ArrayData:
+    """Decodes a split (part) into uint8 (N, H, W, 3) of image_shape."""
+    builder = self.splits.builder
+    h, w, _ = self.image_shape
+    stored = tuple(builder.info.features['image'].shape[:2])
+
+    def fix(image, y):
+      if image.shape[-1] == 1:
+        image = tf.image.grayscale_to_rgb(image)
+      image = image[..., :3]
+      if (h, w) != stored:
+        image = host_ops.resize_to_shape(image, h, w)
+      image.set_shape([h, w, 3])
+      return tf.cast(image, tf.uint8), y
+
+    ds = examples(builder, part, decode_image=True)
+    ds = ds.map(host_ops.plain(fix), num_parallel_calls=tf.data.AUTOTUNE)
+    batches = ds.batch(_DECODE_BATCH).as_numpy_iterator()
+    return arrays.ArrayData(*streams.collect(batches, h, w))
+
+
+class TfdsStreamSource(base.DataSource):
+  """A TFDS dataset streamed from its files (large or variable-size images)."""
+
+  def __init__(self, config: Any, splits: Splits, num_classes: int,
+               crop_on_host: bool):
+    super().__init__(config, num_classes=num_classes,
+                     crop_on_host=crop_on_host)
+    self.splits = splits
+    self.builder = splits.builder
+    r = int(config.data.resize_to)
+    shape = tuple(self.builder.info.features['image'].shape)
+    if crop_on_host:
+      self.fixed = None
+    elif r > 0:
+      self.fixed = (r, r)
+    elif shape[0] is not None and shape[1] is not None:
+      self.fixed = (shape[0], shape[1])
+    else:
+      raise ValueError(
+          f'TFDS dataset {config.data.name!r} has images of different sizes: '
+          "use data.crop = 'host' (or 'auto'), or set data.resize_to for "
+          "data.crop = 'device'")
+
+  def counts(self, split, process_count):
+    return self.splits.counts(split, process_count)
+
+  def _train_shape(self):
+    return self.fixed + (3,)
+
+  def _epoch_steps(self, epoch: int, first_step: int, batch: int, spe: int,
+                   process_index: int, process_count: int) -> tf.data.Dataset:
+    """tf.data of the steps [first_step, spe) of one epoch, for train_views."""
+    seed = base.config_seed(self.config)
+    # One 31-bit seed per (run seed, epoch, process).
+    epoch_seed = int(np.random.default_rng(
+        [seed, epoch, process_index]).integers(2**31 - 1))
+    part = self.splits.part('pretrain', process_index, process_count)
+    ds = self.builder.as_dataset(
+        split=part, shuffle_files=True,
+        decoders={'image': tfds.decode.SkipDecoding()},
+        read_config=tfds.ReadConfig(shuffle_seed=epoch_seed,
+                                    try_autocache=False))
+    ds = ds.map(host_ops.plain(_pair_fn(self.builder)))
+    buffer = max(int(self.config.data.shuffle_buffer), 1)
+    ds = ds.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+    ds = ds.take(spe * batch).enumerate().skip(first_step * batch)
+    first_key = epoch * spe * batch
+
+    def keyed(i, pair):
+      contents, y = pair
+      return contents, y, (first_key + i) * process_count + process_index
+
+    return ds.map(host_ops.plain(keyed)).batch(batch, drop_remainder=True)
+
+  def _train_batches(self, batch, start_step, process_index, process_count):
+    spe = order.steps_per_epoch(self.splits.counts('pretrain', process_count),
+                                batch)
+
+    def generate():
+      fns = host_ops.ElementFns(self.config)
+      if self.crop_on_host:
+        view = fns.host_views
+      else:
+        view = lambda contents, key: fns.fixed_size(contents, *self.fixed)
+      epoch, first = divmod(start_step, spe)
+      while True:
+        steps = self._epoch_steps(epoch, first, batch, spe, process_index,
+                                  process_count)
+        yield from streams.train_views(steps, view, batch, 0,
+                                       self.config).as_numpy_iterator()
+        epoch, first = epoch + 1, 0
+    return generate()
+
+  def _eval_batches(self, split, batch, process_index, process_count):
+    fns = host_ops.ElementFns(self.config)
+    part = self.splits.part(split, process_index, process_count)
+    return streams.eval_batches(examples(self.builder, part, False),
+                                fns.eval_view, batch, self.config)
