@@ -1,5 +1,8 @@
 """Pretrains SimCLR: python main.py --config=configs/demo.py --workdir=/tmp/simclr
 
+With --config.mode=linear_eval, finetune or export (and
+--config.init_from=PRETRAIN_WORKDIR) it evaluates a pretrained encoder instead.
+
 Flags:
   --config   an ml_collections config file; override fields with
              --config.train.num_steps=100 and the like.
@@ -110,8 +113,9 @@ def main(argv):
   validate()
   from simclr_jax import config_lib  # pylint: disable=g-import-not-at-top
   from simclr_jax import train  # pylint: disable=g-import-not-at-top
+  from simclr_jax.evaluate import modes  # pylint: disable=g-import-not-at-top
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    modes.run_mode(FLAGS.config, FLAGS.workdir)
   except config_lib.ConfigError as e:
     _fail(e)
   except train.TrainingDiverged as e:

@@ -14,6 +14,11 @@ def get_config() -> ml_collections.ConfigDict:
   """Returns the default configuration (SimCLR v2 recipe, ResNet-50, ImageNet)."""
   config = ml_collections.ConfigDict()
 
+  # What main.py does: 'pretrain' (SimCLR), or evaluate the encoder of
+  # another run's checkpoint (init_from): 'linear_eval', 'finetune', 'export'.
+  config.mode = 'pretrain'
+  config.init_from = ''  # Workdir of a pretraining (or imported) run.
+  config.init_step = -1  # Its checkpoint step; -1 = the latest.
   config.seed = 0  # Root PRNG seed; the run is a function of config and seed.
   # Side of the square images the encoder sees (after augmentation).
   config.image_size = 224
@@ -126,12 +131,62 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ----------------------------------------------------------- evaluation
   config.eval = ev = ml_collections.ConfigDict()
-  ev.linear_probe = True  # Fit a linear probe on frozen features at the end.
-  ev.compare_random_init = False  # Also probe the encoder at initialisation.
-  ev.probe_l2 = 1e-4  # L2 penalty of the final linear probe (on features).
-  ev.probe_steps = 500  # Full-batch optimiser steps of the final probe.
-  ev.knn_k = 0  # Also report kNN accuracy with this k (0 = off).
-  ev.batch_size = 512  # Batch for feature extraction.
+  # The quick final score at the end of pretraining (when the data has
+  # labels): weighted kNN and a fast linear probe on centre-crop features
+  # computed once. For numbers comparable with papers use mode linear_eval.
+  ev.linear_probe = True  # The fast linear probe.
+  ev.compare_random_init = False  # Also score the encoder at initialisation.
+  ev.probe_epochs = 30.0  # Epochs of the fast probe over the train features.
+  ev.probe_learning_rate = 0.1  # Times eval.batch_size / 256 (Nesterov SGD).
+  ev.probe_l2 = 0.0  # Weight decay of the fast probe's kernel.
+  # Weighted kNN on h (votes exp(sim / T)) against the labelled train split;
+  # 0 turns it off.
+  ev.knn_k = 200
+  ev.knn_temperature = 0.1
+  # kNN monitor during pretraining: every this many steps (0 = only at the
+  # end), logged as knn_accuracy.
+  ev.every_steps = 0
+  ev.batch_size = 512  # Batch for feature extraction and evaluation.
+
+  # ------------------------------------ linear evaluation (mode linear_eval)
+  # google-research/simclr's protocol: frozen encoder (BatchNorm in inference
+  # mode), zero-initialised linear layer on h, Nesterov momentum SGD,
+  # learning rate base * B / 256 with cosine decay and no warm-up.
+  config.linear_eval = le = ml_collections.ConfigDict()
+  le.epochs = 90.0  # 90 for ImageNet, 100 for CIFAR.
+  le.batch_size = 1024
+  le.base_learning_rate = 0.1  # Times batch_size / 256.
+  le.momentum = 0.9
+  le.weight_decay = 1e-6  # On the kernel; 0 for CIFAR.
+  # Train on random-resized crops and flips made on the device (the
+  # protocol); False: the fast variant on centre-crop features computed once
+  # (kept in workdir/features, read from disk batch by batch).
+  le.augment = True
+  le.checkpoint_every_steps = 1000
+
+  # -------------------------------------- few-label fine-tuning (finetune)
+  # SimCLRv2's recipe: the whole network from the checkpoint with global
+  # BatchNorm, LARS at base * sqrt(B), no weight decay.
+  config.finetune = ft = ml_collections.ConfigDict()
+  ft.label_fraction = 0.1  # Of the labelled training split: 0.01, 0.1, 1.0.
+  # A file of the labelled examples to use instead (one example index, or
+  # one file path relative to data.data_dir, per line; google publishes
+  # such lists for ImageNet's 1% and 10%).
+  ft.subset_file = ''
+  # Where the classifier sits: 0 = on h; k = after projection-head layer k
+  # (SimCLRv2's ft_proj_selector; it keeps layers 1..k).
+  ft.from_proj_layer = 0
+  ft.epochs = 30.0  # 60 for 1% of the labels, 30 for 10%.
+  ft.batch_size = 1024
+  ft.base_learning_rate = 0.005  # Times sqrt(batch_size).
+  ft.momentum = 0.9
+  ft.weight_decay = 0.0
+  ft.checkpoint_every_steps = 1000
+
+  # ------------------------------------------------------ export (export)
+  config.export = ex = ml_collections.ConfigDict()
+  ex.split = 'both'  # 'train', 'eval' or 'both'.
+  ex.include_z = False  # Also the projection z.
 
   # ----------------------------------------------------------- multi-host
   config.distributed = dist = ml_collections.ConfigDict()

@@ -125,3 +125,106 @@ def restore_step(manager: ocp.CheckpointManager, target: Any, step: int) -> Any:
     return restore(manager, target, step)
   except Exception as e:  # pylint: disable=broad-except
     raise DamagedCheckpoint(f'{type(e).__name__}: {e}') from e
+
+
+def restore_variables(workdir: str, mesh: jax.sharding.Mesh,
+                      step: int | None = None) -> tuple[dict, int]:
+  """The model variables of another run's checkpoint, replicated on `mesh`.
+
+  The checkpoint's own metadata gives the shapes, so no optimiser (or its
+  config) is needed: this reads checkpoints of any run, or imported ones.
+
+  Args:
+    workdir: the run whose `checkpoints/` to read.
+    mesh: where to place the arrays (replicated).
+    step: the checkpoint step; None for the latest.
+
+  Returns:
+    ({'params': ..., 'batch_stats': ...}, step).
+
+  Raises:
+    FileNotFoundError: no such checkpoint.
+    DamagedCheckpoint: it cannot be read.
+  """
+  manager = ocp.CheckpointManager(checkpoint_dir(workdir))
+  try:
+    steps = manager.all_steps()
+    if step is None:
+      step = manager.latest_step()
+    if step is None or step not in steps:
+      raise FileNotFoundError(
+          f'no checkpoint {"" if step is None else f"of step {step} "}in '
+          f'{checkpoint_dir(workdir)} (steps: {sorted(steps) or "none"})')
+    path = epath.Path(manager.directory) / str(step) / 'default'
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    try:
+      meta = ocp.StandardCheckpointHandler().metadata(path)
+      wanted = {k: meta[k] for k in ('params', 'batch_stats') if k in meta}
+      abstract = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+          wanted)
+      restored = ocp.PyTreeCheckpointer().restore(
+          path, args=ocp.args.PyTreeRestore(
+              item=abstract,
+              restore_args=ocp.checkpoint_utils.construct_restore_args(
+                  abstract),
+              partial_restore=True))
+    except Exception as e:  # pylint: disable=broad-except
+      raise DamagedCheckpoint(f'{type(e).__name__}: {e}') from e
+  finally:
+    manager.close()
+  restored.setdefault('batch_stats', {})
+  return dict(restored), int(step)
+
+
+def resume_or_start(config: Any, workdir: str, state: Any, *, keep: int,
+                    save_every_steps: int) -> tuple[ocp.CheckpointManager, Any]:
+  """Opens `workdir/checkpoints`; restores the latest intact checkpoint.
+
+  A damaged checkpoint (a missing or truncated file, missing metadata) is
+  reported in one line, moved to `workdir/damaged_checkpoints`, and the
+  previous one is tried. Resuming with a config that changes what the run
+  computes is refused (`workdir.check_resume`).
+
+  Args:
+    config: the run config.
+    workdir: the run's workdir.
+    state: a state with `.params` and `.step` (arrays or abstract), the
+      shape to restore into; returned unchanged when nothing is restored.
+    keep, save_every_steps: as for `create_manager`.
+
+  Returns:
+    (manager, state).
+
+  Raises:
+    config_lib.ConfigError: the checkpoints are of another model, or the
+      config changes what the run computes.
+  """
+  import sys  # pylint: disable=g-import-not-at-top
+  from simclr_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from simclr_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+
+  def open_manager():
+    return create_manager(workdir, keep=keep, save_every_steps=save_every_steps)
+
+  manager = open_manager()
+  while manager.latest_step() is not None:
+    step = manager.latest_step()
+    try:
+      with config_lib.user_errors():
+        if int(step) > 0:
+          workdir_lib.check_resume(workdir, config)
+        restored = restore_step(manager, state, step)
+    except DamagedCheckpoint as e:
+      manager.close()
+      where = set_aside(workdir, step) if jax.process_index() == 0 else ''
+      print(f'simclr_jax: warning: the checkpoint of step {step} is damaged '
+            f'({str(e).splitlines()[0][:200]}); moved to {where}, trying the '
+            'previous one', file=sys.stderr, flush=True)
+      manager = open_manager()
+      continue
+    except BaseException:
+      manager.close()
+      raise
+    return manager, restored
+  return manager, state

@@ -157,8 +157,11 @@ def _run_checks(config: Any) -> None:
   _bool(config, 'eval.linear_probe')
   _bool(config, 'eval.compare_random_init')
   _number_at_least(config, 'eval.probe_l2', 0)
-  _int_at_least(config, 'eval.probe_steps', 1)
+  _number_at_least(config, 'eval.probe_epochs', 0, strict=True)
+  _number_at_least(config, 'eval.probe_learning_rate', 0, strict=True)
   _int_at_least(config, 'eval.knn_k', 0)
+  _number_at_least(config, 'eval.knn_temperature', 0, strict=True)
+  _int_at_least(config, 'eval.every_steps', 0)
   _int_at_least(config, 'eval.batch_size', 1)
   _bool(config, 'distributed.initialize')
   address = config.distributed.coordinator_address
@@ -168,6 +171,39 @@ def _run_checks(config: Any) -> None:
            f'let JAX find it), got {address!r}')
   _int_at_least(config, 'distributed.num_processes', 0)
   _int_at_least(config, 'distributed.process_id', -1)
+
+
+MODES = ('pretrain', 'linear_eval', 'finetune', 'export')
+
+
+def _mode_checks(config: Any) -> None:
+  """The mode, the checkpoint it reads, and its section's fields."""
+  _one_of(config.mode, MODES, 'mode')
+  _int_at_least(config, 'init_step', -1)
+  if config.mode != 'pretrain':
+    _require(bool(config.init_from),
+             f'mode {config.mode!r} needs --config.init_from=WORKDIR (a '
+             'pretraining run, or a workdir written by simclr_jax.import_tf)')
+    _require(os.path.isdir(config.init_from),
+             f'init_from {config.init_from!r} is not a directory')
+  for section in ('linear_eval', 'finetune'):
+    _number_at_least(config, f'{section}.epochs', 0, strict=True)
+    _int_at_least(config, f'{section}.batch_size', 1)
+    _number_at_least(config, f'{section}.base_learning_rate', 0, strict=True)
+    _fraction(config, f'{section}.momentum', low_open=False, high_open=True)
+    _number_at_least(config, f'{section}.weight_decay', 0)
+    _int_at_least(config, f'{section}.checkpoint_every_steps', 1)
+  _bool(config, 'linear_eval.augment')
+  _fraction(config, 'finetune.label_fraction', low_open=True, high_open=False)
+  subset = config.finetune.subset_file
+  _require(not subset or os.path.isfile(subset),
+           f'finetune.subset_file {subset!r} is not a file')
+  _int_at_least(config, 'finetune.from_proj_layer', 0)
+  _require(config.finetune.from_proj_layer <= max(config.model.num_proj_layers, 0),
+           f'finetune.from_proj_layer={config.finetune.from_proj_layer} is '
+           f'beyond the {config.model.num_proj_layers} projection-head layers')
+  _one_of(config.export.split, ('train', 'eval', 'both'), 'export.split')
+  _bool(config, 'export.include_z')
 
 
 def _augment_checks(config: Any) -> None:
@@ -194,6 +230,7 @@ def validate(config: Any, workdir: str | None = None) -> None:
   from simclr_jax import models  # pylint: disable=g-import-not-at-top
   from simclr_jax import optim  # pylint: disable=g-import-not-at-top
   _run_checks(config)
+  _mode_checks(config)
   data_checks(config)
   _augment_checks(config)
   with user_errors():

@@ -100,6 +100,8 @@ class Progress:
       parts.insert(0, '[' + '#' * filled + '.' * (width - filled) + ']')
     if metrics and 'loss' in metrics:
       parts.append(f'loss {metrics["loss"]:.4f}')
+    if metrics and 'knn_accuracy' in metrics:
+      parts.append(f'kNN {metrics["knn_accuracy"]:.4f}')
     if images_per_sec:
       parts.append(f'{images_per_sec:,.0f} img/s')
     if known and step < self.total:

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from typing import Any, Callable, Iterator
 
@@ -20,6 +19,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import optax
 from absl import logging
 from jax import lax
@@ -28,7 +28,6 @@ from jax.sharding import PartitionSpec as P
 from simclr_jax import augment
 from simclr_jax import checkpoint
 from simclr_jax import config_lib
-from simclr_jax import evaluate
 from simclr_jax import losses
 from simclr_jax import models
 from simclr_jax import optim
@@ -265,94 +264,92 @@ def _num_steps(config: Any, steps_per_epoch: int) -> int:
   return max(int(math.ceil(config.train.num_epochs * steps_per_epoch)), 1)
 
 
-def final_evaluation(config: Any, model: Any, variables: Any,
-                     init_variables: Any | None, mesh: jax.sharding.Mesh,
-                     num_classes: int) -> dict[str, float]:
-  """Linear probe (and optionally kNN) accuracy of the encoder's `h`.
+def _eval_local_batch(config: Any, mesh: jax.sharding.Mesh) -> int:
+  """Per-process eval batch: eval.batch_size rounded up to the mesh size."""
+  n = mesh.size
+  return (-(-config.eval.batch_size // n) * n) // jax.process_count()
 
-  `init_variables`, when given, are probed the same way and reported with the
-  suffix `_random_init`.
-  """
-  from simclr_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  if not config.eval.linear_probe or num_classes == 0:
-    return {}
-  n_dev = mesh.size
-  eval_batch = -(-config.eval.batch_size // n_dev) * n_dev
-  local_batch = eval_batch // jax.process_count()
-  feature_fn = evaluate.make_feature_fn(model, mesh)
 
-  def features(vs, split, what):
-    batches = input_pipeline.create_eval_iterator(
-        config, split, local_batch_size=local_batch)
+def knn_score(config: Any, model: Any, variables: Any,
+              mesh: jax.sharding.Mesh, source: Any,
+              label: str = 'kNN') -> float:
+  """Weighted kNN accuracy of `h`: bank = labelled train split, queries =
+  the eval split (centre crops); memory bounded (see evaluate.knn)."""
+  from simclr_jax.evaluate import features as features_lib  # pylint: disable=g-import-not-at-top
+  from simclr_jax.evaluate import knn  # pylint: disable=g-import-not-at-top
+  local = _eval_local_batch(config, mesh)
+  feature_fn = features_lib.make_feature_fn(model, mesh)
+
+  def counted(split):
     progress = reporting.Progress(
-        None, enabled=jax.process_index() == 0, images_per_step=eval_batch,
-        label=f'evaluation: {what} encoder, {split} split, batch')
+        None, enabled=jax.process_index() == 0,
+        label=f'{label}: {split} split, batch')
+    for i, batch in enumerate(source.eval_iterator(split, local)):
+      yield batch
+      progress.update(i + 1)
+    progress.close()
 
-    def counted():
-      for i, batch in enumerate(batches):
-        yield batch
-        progress.update(i + 1)
-      progress.close()
-    return evaluate.extract_features(feature_fn, vs, counted(), mesh)
-
-  results = {}
-  candidates = [('', variables, 'pretrained')]
-  if init_variables is not None:
-    candidates.append(('_random_init', init_variables, 'random-init'))
-  for suffix, vs, what in candidates:
-    train_x, train_y = features(vs, 'train', what)
-    test_x, test_y = features(vs, 'eval', what)
-    results['probe_accuracy' + suffix] = evaluate.linear_probe_accuracy(
-        train_x, train_y, test_x, test_y, num_classes=num_classes,
-        l2=config.eval.probe_l2, steps=config.eval.probe_steps)
-    if config.eval.knn_k > 0:
-      results['knn_accuracy' + suffix] = evaluate.knn_accuracy(
-          train_x, train_y, test_x, test_y, k=config.eval.knn_k,
-          num_classes=num_classes)
-  return results
+  bank = knn.build_bank(feature_fn, variables, counted('train'), mesh)
+  predict = knn.make_predict_fn(
+      mesh, k=config.eval.knn_k, temperature=config.eval.knn_temperature,
+      num_classes=source.num_classes)
+  return knn.bank_accuracy(predict, bank, feature_fn, variables,
+                           counted('eval'), mesh)
 
 
-def _resume(config: Any, workdir: str,
-            state: TrainState) -> tuple[Any, TrainState]:
-  """Opens the checkpoints of `workdir`; restores the latest intact one.
+def _knn_monitor(config: Any, model: Any, mesh: jax.sharding.Mesh,
+                 source: Any) -> Callable[[TrainState], float]:
+  """state -> kNN accuracy of its encoder (every eval.every_steps)."""
+  def monitor(state: TrainState) -> float:
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    return knn_score(config, model, variables, mesh, source,
+                     label='kNN monitor')
+  return monitor
 
-  A damaged checkpoint (a missing or truncated file, missing metadata) is
-  reported in one line, moved to `workdir/damaged_checkpoints`, and the
-  previous one is tried. Returns (manager, state): `state` unchanged when
-  there is no intact checkpoint.
 
-  Raises:
-    config_lib.ConfigError: the checkpoints are of another model, or resuming
-      with `config` would change what the run computes.
+def final_evaluation(config: Any, workdir: str, model: Any, variables: Any,
+                     init_variables: Any | None, mesh: jax.sharding.Mesh,
+                     source: Any, info: Any) -> dict[str, float]:
+  """The quick final score of the encoder's `h`: kNN and a fast linear probe.
+
+  `final_knn_accuracy`: weighted kNN (eval.knn_k, eval.knn_temperature) of the
+  eval split against the labelled train split. `final_probe_accuracy`: a
+  linear head trained for eval.probe_epochs on centre-crop features computed
+  once (kept on disk in workdir/final_probe/features, read batch by batch)
+  and scored top-1 on the eval split. Both bounded in memory. Not the
+  paper's linear evaluation (that is --config.mode=linear_eval).
+  `init_variables`, when given, are scored the same way, with the suffix
+  `_random_init`.
   """
-  def open_manager():
-    return checkpoint.create_manager(
-        workdir, keep=config.train.keep_checkpoints,
-        save_every_steps=config.train.checkpoint_every_steps)
-
-  manager = open_manager()
-  while manager.latest_step() is not None:
-    step = manager.latest_step()
-    try:
-      with config_lib.user_errors():
-        if int(step) > 0:
-          workdir_lib.check_resume(workdir, config)
-        restored = checkpoint.restore_step(manager, state, step)
-    except checkpoint.DamagedCheckpoint as e:
-      manager.close()
-      where = (checkpoint.set_aside(workdir, step)
-               if jax.process_index() == 0 else '')
-      print(f'simclr_jax: warning: the checkpoint of step {step} is damaged '
-            f'({str(e).splitlines()[0][:200]}); moved to {where}, trying the '
-            'previous one', file=sys.stderr, flush=True)
-      manager = open_manager()
-      continue
-    except BaseException:
-      manager.close()
-      raise
-    logging.info('Resumed from the checkpoint at step %d.', step)
-    return manager, restored
-  return manager, state
+  from simclr_jax.evaluate import modes  # pylint: disable=g-import-not-at-top
+  if info.num_classes == 0:
+    return {}
+  results = {}
+  candidates = [('', variables)]
+  if init_variables is not None:
+    candidates.append(('_random_init', init_variables))
+  for suffix, vs in candidates:
+    if config.eval.knn_k > 0:
+      results['final_knn_accuracy' + suffix] = knn_score(
+          config, model, vs, mesh, source,
+          label='final kNN' + suffix.replace('_', ' '))
+    if config.eval.linear_probe:
+      folder = os.path.join(workdir, 'final_probe' + suffix)
+      run = modes.Run.attach(config, folder, mesh, source, info)
+      section = ml_collections.ConfigDict({
+          'epochs': float(config.eval.probe_epochs),
+          'batch_size': int(config.eval.batch_size),
+          'base_learning_rate': float(config.eval.probe_learning_rate),
+          'momentum': 0.9, 'weight_decay': float(config.eval.probe_l2),
+          'augment': False, 'checkpoint_every_steps': 10**9})
+      got = modes.train_linear_head(
+          run, model, vs, section=section, workdir=folder,
+          features_folder=os.path.join(folder, 'features'),
+          label='final probe' + suffix.replace('_', ' '))
+      if got.get('preempted'):
+        return {**results, 'preempted': True}
+      results['final_probe_accuracy' + suffix] = got['top1']
+  return results
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
@@ -386,11 +383,12 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
 def _pretrain(config: Any, workdir: str,
               mesh: jax.sharding.Mesh) -> dict[str, Any]:
   """`train_and_evaluate` once the mesh is made and the workdir is locked."""
-  from simclr_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from simclr_jax import data  # pylint: disable=g-import-not-at-top
   gbs = config.train.global_batch_size
   is_chief = jax.process_index() == 0
   with config_lib.user_errors():
-    info = input_pipeline.get_info(config)
+    source = data.make_source(config)
+    info = source.info()
   if info.num_train_examples < gbs:
     raise config_lib.ConfigError(
         f'train.global_batch_size={gbs} is larger than the training data '
@@ -404,7 +402,9 @@ def _pretrain(config: Any, workdir: str,
   state = setup.init_state()
   train_key = setup.replicated_train_key()
 
-  manager, state = _resume(config, workdir, state)
+  manager, state = checkpoint.resume_or_start(
+      config, workdir, state, keep=config.train.keep_checkpoints,
+      save_every_steps=config.train.checkpoint_every_steps)
   start_step = int(state.step)
   if start_step > total_steps:
     manager.close()
@@ -425,11 +425,13 @@ def _pretrain(config: Any, workdir: str,
           flush=True)
 
   train_step = setup.train_step
-  host_batches = input_pipeline.create_train_iterator(
-      config, local_batch_size=gbs // jax.process_count(),
-      start_step=start_step)
+  host_batches = source.train_iterator(gbs // jax.process_count(),
+                                       start_step)
   batches = device_batches(host_batches, mesh, config.data.prefetch)
 
+  monitor = None
+  if config.eval.every_steps > 0 and info.num_classes and config.eval.knn_k:
+    monitor = _knn_monitor(config, setup.model, mesh, source)
   t_start = time.perf_counter()
   window: list[dict[str, jax.Array]] = []
   last_checked = None
@@ -472,6 +474,12 @@ def _pretrain(config: Any, workdir: str,
         progress.update(done, jax.device_get(last_checked), force=True)
       else:
         progress.update(done, latest)
+      if monitor is not None and done % config.eval.every_steps == 0 and (
+          not last):
+        accuracy = monitor(state)
+        writer.write(done, {'knn_accuracy': accuracy})
+        progress.update(done, {**(latest or {}), 'knn_accuracy': accuracy},
+                        force=True)
       if done % config.train.checkpoint_every_steps == 0 or stop.requested:
         _check_finite(jax.device_get(last_checked), done, manager.latest_step())
         checkpoint.save(manager, done, state, force=True)
@@ -499,8 +507,13 @@ def _pretrain(config: Any, workdir: str,
     init_variables = {'params': init_state.params,
                       'batch_stats': init_state.batch_stats}
   results = final_evaluation(
-      config, setup.model, {'params': state.params, 'batch_stats': state.batch_stats},
-      init_variables, mesh, info.num_classes)
+      config, workdir, setup.model,
+      {'params': state.params, 'batch_stats': state.batch_stats},
+      init_variables, mesh, source, info)
+  if results.pop('preempted', False):
+    record = writer.write(total_steps, results, preempted=True)
+    writer.close()
+    return record
   record = writer.write(total_steps, results, train_seconds=train_seconds,
                         final=True)
   writer.close()

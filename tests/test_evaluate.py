@@ -1,0 +1,197 @@
+"""Evaluation: the kNN monitor, the quick probe and label subsets."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from simclr_jax import parallel
+from simclr_jax.evaluate import knn
+
+
+def _clusters(n, num_classes, dim, seed, noise=0.05):
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(size=(num_classes, dim))
+  y = rng.integers(0, num_classes, n).astype(np.int32)
+  x = centres[y] + noise * rng.normal(size=(n, dim))
+  return x.astype(np.float32), y
+
+
+def _identity_fn(mesh):
+  """A 'feature function' that passes features through (images = features)."""
+  return jax.jit(lambda variables, x: x.astype(jnp.float32))
+
+
+def _batches(x, y, batch):
+  for i in range(0, len(y), batch):
+    xb, yb = x[i:i + batch], y[i:i + batch]
+    pad = batch - len(yb)
+    yield {'image': np.concatenate([xb, np.zeros((pad,) + x.shape[1:],
+                                                 x.dtype)]),
+           'label': np.concatenate([yb, np.zeros(pad, np.int32)]),
+           'mask': np.arange(batch) < len(yb)}
+
+
+def _sharded_accuracy(train, test, k, num_classes, num_devices, batch=32):
+  mesh = parallel.make_mesh(num_devices)
+  fn = _identity_fn(mesh)
+  bank = knn.build_bank(fn, None, _batches(*train, batch), mesh)
+  predict = knn.make_predict_fn(mesh, k=k, temperature=0.1,
+                                num_classes=num_classes)
+  return knn.bank_accuracy(predict, bank, fn, None, _batches(*test, batch),
+                           mesh)
+
+
+def test_knn_separable_is_perfect_and_shuffled_is_chance():
+  train = _clusters(300, 5, 16, seed=0)
+  test = _clusters(200, 5, 16, seed=0)  # Same centres.
+  test = (test[0][:100], test[1][:100])
+  assert _sharded_accuracy(train, test, k=20, num_classes=5,
+                           num_devices=8) == 1.0
+  rng = np.random.default_rng(1)
+  shuffled = (train[0], rng.permutation(train[1]))
+  accs = [_sharded_accuracy(shuffled, _clusters(400, 5, 16, seed=s), k=20,
+                            num_classes=5, num_devices=8)
+          for s in (2,)]
+  # 5 classes: chance is 0.2; 400 test examples give a s.d. of 0.02.
+  assert abs(np.mean(accs) - 0.2) < 0.1
+
+
+@pytest.mark.parametrize('num_devices', [1, 8])
+def test_knn_sharded_chunked_equals_unchunked_reference(num_devices):
+  rng = np.random.default_rng(3)
+  train = (rng.normal(size=(203, 8)).astype(np.float32),
+           rng.integers(0, 4, 203).astype(np.int32))
+  test = (rng.normal(size=(77, 8)).astype(np.float32),
+          rng.integers(0, 4, 77).astype(np.int32))
+  # Unchunked reference in NumPy: every similarity at once.
+  def unit(v):
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+  sims = unit(test[0]) @ unit(train[0]).T
+  idx = np.argsort(-sims, axis=1)[:, :10]
+  w = np.exp(np.take_along_axis(sims, idx, 1) / 0.1)
+  votes = np.zeros((77, 4))
+  for c in range(4):
+    votes[:, c] = (w * (train[1][idx] == c)).sum(1)
+  expected = np.mean(votes.argmax(1) == test[1])
+  got = _sharded_accuracy(train, test, k=10, num_classes=4,
+                          num_devices=num_devices, batch=16)
+  assert got == pytest.approx(expected, abs=1e-9)
+  host = knn.knn_accuracy(*train, *test, k=10, num_classes=4, chunk=7)
+  assert host == pytest.approx(expected, abs=1e-9)
+
+
+# ------------------------------------------------- end to end (slow-ish)
+
+import os  # pylint: disable=g-import-not-at-top,wrong-import-position
+import signal  # pylint: disable=g-import-not-at-top,wrong-import-position
+import subprocess  # pylint: disable=g-import-not-at-top,wrong-import-position
+import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
+import time  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from simclr_jax import checkpoint  # pylint: disable=g-import-not-at-top,wrong-import-position
+from simclr_jax import reporting  # pylint: disable=g-import-not-at-top,wrong-import-position
+from simclr_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from simclr_jax.evaluate import modes  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tiny import tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_FLAGS = ['--config=configs/demo.py', '--config.image_size=8',
+              '--config.data.resize_to=8', '--config.model.base_width=4',
+              '--config.model.proj_out_dim=8']
+
+
+@pytest.fixture(scope='module')
+def pretrained(tmp_path_factory):
+  """A tiny pretraining run with the kNN monitor and the final scores on."""
+  workdir = str(tmp_path_factory.mktemp('pretrain'))
+  config = tiny_config()
+  config.train.num_steps = 4
+  config.train.checkpoint_every_steps = 2
+  config.eval.every_steps = 2
+  config.eval.probe_epochs = 2.0
+  record = train.train_and_evaluate(config, workdir)
+  return workdir, config, record
+
+
+def test_pretraining_scores_equal_those_of_exported_features(pretrained,
+                                                             tmp_path):
+  workdir, config, record = pretrained
+  assert 0 <= record['final_probe_accuracy'] <= 1
+  monitor = [r for r in reporting.read_metrics(workdir) if 'knn_accuracy' in r]
+  assert [r['step'] for r in monitor] == [2]
+  # The exported features, scored by a plain host-side kNN, give the same
+  # final kNN accuracy: the export is what the encoder computes.
+  config = tiny_config()
+  config.mode = 'export'
+  config.init_from = workdir
+  out = str(tmp_path / 'export')
+  got = modes.export(config, out)
+  assert got['exported'] == {'train': 1438, 'eval': 359}
+  load = lambda name: np.load(os.path.join(out, 'export', name))
+  assert load('train_h.npy').shape == (1438, 32)
+  np.testing.assert_array_equal(load('eval_index.npy'), np.arange(359))
+  host = knn.knn_accuracy(load('train_h.npy'), load('train_labels.npy'),
+                          load('eval_h.npy'), load('eval_labels.npy'),
+                          k=config.eval.knn_k, num_classes=10,
+                          temperature=config.eval.knn_temperature)
+  assert host == pytest.approx(record['final_knn_accuracy'], abs=1e-9)
+
+
+def _env(cache):
+  env = dict(os.environ)
+  env['TF_CPP_MIN_LOG_LEVEL'] = '2'
+  env['JAX_COMPILATION_CACHE_DIR'] = cache
+  env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  env['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+  return env
+
+
+def _linear_eval_cmd(workdir, init_from):
+  return [sys.executable, 'main.py', f'--workdir={workdir}', *TINY_FLAGS,
+          '--config.mode=linear_eval', f'--config.init_from={init_from}',
+          '--config.linear_eval.epochs=4', '--config.linear_eval.batch_size=64',
+          '--config.linear_eval.checkpoint_every_steps=5',
+          '--config.train.log_every_steps=5']
+
+
+def test_linear_eval_frozen_encoder_and_exact_resume_after_sigkill(
+    pretrained, tmp_path):
+  init_from = pretrained[0]
+  mesh = parallel.make_mesh(1)
+  before, step = checkpoint.restore_variables(init_from, mesh)
+  env = _env(str(tmp_path / 'cache'))
+  straight = str(tmp_path / 'straight')
+  result = subprocess.run(_linear_eval_cmd(straight, init_from), cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  final = reporting.read_metrics(straight)[-1]
+  assert final['final'] and final['init_step'] == step
+  assert final['eval_examples'] == 359
+
+  broken = str(tmp_path / 'broken')
+  proc = subprocess.Popen(_linear_eval_cmd(broken, init_from), cwd=ROOT,
+                          env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  ckpts = os.path.join(broken, 'checkpoints')
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts)):
+      proc.send_signal(signal.SIGKILL)
+      break
+    time.sleep(0.05)
+  proc.wait(timeout=60)
+  assert proc.returncode == -signal.SIGKILL
+  result = subprocess.run(_linear_eval_cmd(broken, init_from), cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  resumed = reporting.read_metrics(broken)[-1]
+  for key in ('linear_eval_top1', 'linear_eval_top5'):
+    assert resumed[key] == final[key]
+  # The two heads are bit-identical, and the encoder was never changed.
+  heads = [checkpoint.restore_variables(w, mesh)[0] for w in (straight, broken)]
+  for a, b in zip(jax.tree.leaves(heads[0]), jax.tree.leaves(heads[1])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  after, _ = checkpoint.restore_variables(init_from, mesh)
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
