@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
 from simclr_jax import parallel
@@ -63,35 +62,3 @@ def local_rows(feature_fn: Callable, variables: Any,
     rows[name] = local[mask].astype(np.float32)
   rows['label'] = np.asarray(batch['label'], np.int32)[mask]
   return rows
-
-
-def extract_features(feature_fn: Callable, variables: Any,
-                     batches: Iterable[dict[str, np.ndarray]],
-                     mesh: jax.sharding.Mesh) -> tuple[np.ndarray, np.ndarray]:
-  """Runs `feature_fn` over eval batches; returns (features, labels) on every host.
-
-  Args:
-    feature_fn: from `make_feature_fn`.
-    variables: {'params', 'batch_stats'} replicated on the mesh.
-    batches: local batches {'image': uint8 (b, S, S, 3), 'label': int32 (b,),
-      'mask': bool (b,)} as made by a data source's `eval_iterator`.
-    mesh: the mesh.
-
-  Returns:
-    float32 (N, C) features and int32 (N,) labels of the unpadded examples.
-  """
-  feats, labels = [], []
-  for batch in batches:
-    images = parallel.host_to_global(batch['image'], mesh)
-    h = feature_fn(variables, images)
-    rest = parallel.host_to_global(
-        {'label': batch['label'], 'mask': batch['mask']}, mesh)
-    if jax.process_count() > 1:
-      h, rest = multihost_utils.process_allgather((h, rest), tiled=True)
-    h, rest = np.asarray(h), jax.tree.map(np.asarray, rest)
-    feats.append(h[rest['mask']])
-    labels.append(rest['label'][rest['mask']])
-  if not feats:
-    raise ValueError('no evaluation examples')
-  return (np.concatenate(feats).astype(np.float32),
-          np.concatenate(labels).astype(np.int32))
