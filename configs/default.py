@@ -169,9 +169,8 @@ def get_config() -> ml_collections.ConfigDict:
   # BatchNorm, LARS at base * sqrt(B), no weight decay.
   config.finetune = ft = ml_collections.ConfigDict()
   ft.label_fraction = 0.1  # Of the labelled training split: 0.01, 0.1, 1.0.
-  # A file of the labelled examples to use instead (one example index, or
-  # one file path relative to data.data_dir, per line; google publishes
-  # such lists for ImageNet's 1% and 10%).
+  # A file of the labelled examples to use instead: one example index of the
+  # labelled train split per line.
   ft.subset_file = ''
   # Where the classifier sits: 0 = on h; k = after projection-head layer k
   # (SimCLRv2's ft_proj_selector; it keeps layers 1..k).

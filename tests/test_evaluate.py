@@ -195,3 +195,61 @@ def test_linear_eval_frozen_encoder_and_exact_resume_after_sigkill(
   after, _ = checkpoint.restore_variables(init_from, mesh)
   for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# ----------------------------------------------------------- fine-tuning
+
+from simclr_jax.evaluate import finetune as finetune_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def test_label_subsets_balanced_reproducible_nested():
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(10), [100, 120, 80, 100, 90, 110, 100, 95,
+                                     105, 100])
+  labels = rng.permutation(labels)
+  labels[::37] = -1  # Unlabelled examples are never chosen.
+  small = finetune_lib.balanced_subset(labels, 0.01, seed=3)
+  large = finetune_lib.balanced_subset(labels, 0.1, seed=3)
+  assert set(small) <= set(large)
+  assert np.array_equal(large, finetune_lib.balanced_subset(labels, 0.1, 3))
+  assert not np.array_equal(large, finetune_lib.balanced_subset(labels, 0.1, 4))
+  assert (labels[large] >= 0).all()
+  for c in range(10):
+    n_c = int(np.sum(labels == c))
+    assert np.sum(labels[large] == c) == max(1, round(0.1 * n_c))
+    assert np.sum(labels[small] == c) == max(1, round(0.01 * n_c))
+  every = finetune_lib.balanced_subset(labels, 1.0, 0)
+  assert np.array_equal(every, np.flatnonzero(labels >= 0))
+
+
+def test_finetune_starts_from_the_pretrained_network(pretrained, tmp_path):
+  workdir, _, _ = pretrained
+  config = tiny_config()
+  config.mode = 'finetune'
+  config.init_from = workdir
+  config.finetune.label_fraction = 0.1
+  config.finetune.batch_size = 32
+  config.finetune.epochs = 1.0
+  config.finetune.from_proj_layer = 1
+  record = finetune_lib.finetune(config, str(tmp_path / 'ft'))
+  # 10% of each digit class of the 1,438 training images.
+  train_labels = []
+  from simclr_jax import data  # pylint: disable=g-import-not-at-top
+  for b in data.make_source(config).eval_iterator('train', 512):
+    train_labels.append(b['label'][b['mask']])
+  counts = np.bincount(np.concatenate(train_labels))
+  assert record['num_labelled'] == sum(max(1, round(0.1 * n)) for n in counts)
+  assert record['eval_examples'] == 359 and 0 <= record['finetune_top1'] <= 1
+  # Step 0 is the pretrained encoder and first head layer, a zero classifier.
+  mesh = parallel.make_mesh(1)
+  pre, _ = checkpoint.restore_variables(workdir, mesh)
+  classifier = finetune_lib.Classifier(config.model, 1, 10)
+  tx, _ = finetune_lib._optimizer(config.finetune, 10)  # pylint: disable=protected-access
+  state = finetune_lib._init_state(classifier, tx, pre, 8, mesh)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(
+      state.params['encoder']['stem_conv']['kernel'],
+      pre['params']['encoder']['stem_conv']['kernel'])
+  np.testing.assert_array_equal(
+      state.params['projection_head']['dense_0']['kernel'],
+      pre['params']['projection_head']['dense_0']['kernel'])
+  assert not np.any(np.asarray(state.params['head']['kernel']))

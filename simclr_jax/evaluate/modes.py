@@ -144,6 +144,11 @@ def _eval_batch(config: Any, mesh: jax.sharding.Mesh) -> int:
   return -(-config.eval.batch_size // n) * n
 
 
+def eval_local_batch(config: Any, mesh: jax.sharding.Mesh) -> int:
+  """Per-process eval batch: eval.batch_size rounded up to the mesh size."""
+  return _eval_batch(config, mesh) // jax.process_count()
+
+
 # ------------------------------------------------------------------ export
 
 

@@ -40,6 +40,9 @@ class ProjectionHead(nn.Module):
     dtype: compute dtype of the Dense layers; parameters and BatchNorm
       statistics are float32.
     axis_name: mapped axis over which BatchNorm averages its statistics.
+    hidden_only: every layer is a hidden layer (width C, BatchNorm with
+      centre, ReLU): the first layers of a deeper head, as fine-tuning from
+      projection-head layer k uses them (SimCLRv2's ft_proj_selector).
   """
   num_layers: int = 2
   out_dim: int = 128
@@ -47,6 +50,7 @@ class ProjectionHead(nn.Module):
   bn_epsilon: float = 1e-5
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  hidden_only: bool = False
 
   @nn.compact
   def __call__(self, h: jax.Array, train: bool) -> jax.Array:
@@ -66,7 +70,7 @@ class ProjectionHead(nn.Module):
     x = h
     width = h.shape[-1]
     for j in range(self.num_layers):
-      last = j == self.num_layers - 1
+      last = j == self.num_layers - 1 and not self.hidden_only
       x = nn.Dense(self.out_dim if last else width, use_bias=False,
                    dtype=self.dtype, param_dtype=jnp.float32,
                    kernel_init=dense_kernel_init(), name=f'dense_{j}')(x)
