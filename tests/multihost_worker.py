@@ -38,8 +38,6 @@ import numpy as np
 
 from simclr_jax import checkpoint
 from simclr_jax import data
-from simclr_jax import models
-from simclr_jax import optim
 from simclr_jax import parallel
 from simclr_jax import train
 import tiny  # pylint: disable=g-bad-import-order
@@ -113,15 +111,9 @@ def main() -> None:
   # template of the same structure, replicated (nothing is compiled).
   mesh = parallel.make_mesh(config.train.num_devices)
   info = data.get_info(config)
-  model = models.create_model(config.model, num_classes=info.num_classes,
-                              axis_name=parallel.AXIS)
-  tx, _ = optim.create_optimizer(config, NUM_STEPS, 1)
-  shapes = jax.eval_shape(lambda: train.create_train_state(
-      model, tx, config.image_size, jax.random.key(0), mesh))
-  template = jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
-                                     sharding=parallel.replicated(mesh)),
-      shapes)
+  template = train.build(config, mesh, num_classes=info.num_classes,
+                         total_steps=NUM_STEPS,
+                         steps_per_epoch=1).abstract_state()
   state = checkpoint.restore_for_evaluation(args.workdir, template)
   flat, _ = jax.tree.flatten_with_path(state)
   arrays = {jax.tree_util.keystr(path): local_copy(x) for path, x in flat}
