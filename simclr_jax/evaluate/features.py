@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import jax
@@ -62,3 +63,78 @@ def local_rows(feature_fn: Callable, variables: Any,
     rows[name] = local[mask].astype(np.float32)
   rows['label'] = np.asarray(batch['label'], np.int32)[mask]
   return rows
+
+
+class RowFile:
+  """A float32/int32 .npy of (rows, ...) written and read in batches.
+
+  Neither writing nor reading maps the file or holds more than one batch in
+  memory (plain sequential writes, `os.pread` of the rows asked for), so a
+  feature cache of any size costs the same host memory.
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    with open(path, 'rb') as f:
+      version = np.lib.format.read_magic(f)
+      read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+              else np.lib.format.read_array_header_2_0)
+      shape, fortran, dtype = read(f)
+      self.offset = f.tell()
+    if fortran:
+      raise ValueError(f'{path}: Fortran-ordered arrays are not supported')
+    self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+    self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * (
+        self.dtype.itemsize)
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def rows(self, idx: np.ndarray) -> np.ndarray:
+    """The rows `idx` (int array), in that order."""
+    out = np.empty((len(idx),) + self.shape[1:], self.dtype)
+    view = out.reshape(len(idx), -1).view(np.uint8)
+    fd = os.open(self.path, os.O_RDONLY)
+    try:
+      for j, i in enumerate(np.asarray(idx, np.int64)):
+        data = os.pread(fd, self.row_bytes, self.offset + int(i) * self.row_bytes)
+        view[j] = np.frombuffer(data, np.uint8)
+    finally:
+      os.close(fd)
+    return out
+
+  def chunks(self, size: int = 8192):
+    """Consecutive blocks of at most `size` rows."""
+    for start in range(0, len(self), size):
+      yield self.rows(np.arange(start, min(start + size, len(self))))
+
+
+class RowWriter:
+  """Writes a .npy of known `shape` block by block; renamed into place by
+  `close()` only when every row was written (atomic: a killed writer
+  leaves no file at `path`)."""
+
+  def __init__(self, path: str, shape: tuple, dtype: Any):
+    self.path, self.shape, self.dtype = path, tuple(shape), np.dtype(dtype)
+    self._tmp = f'{path}.tmp.{os.getpid()}'
+    self._file = open(self._tmp, 'wb')
+    np.lib.format.write_array_header_2_0(self._file, {
+        'descr': np.lib.format.dtype_to_descr(self.dtype),
+        'fortran_order': False, 'shape': self.shape})
+    self.written = 0
+
+  def append(self, block: np.ndarray) -> None:
+    block = np.ascontiguousarray(block, self.dtype)
+    if block.shape[1:] != self.shape[1:]:
+      raise ValueError(f'{self.path}: rows of shape {block.shape[1:]}, '
+                       f'expected {self.shape[1:]}')
+    self._file.write(block.tobytes())
+    self.written += len(block)
+
+  def close(self) -> None:
+    self._file.close()
+    if self.written != self.shape[0]:
+      os.remove(self._tmp)
+      raise RuntimeError(f'{self.path}: wrote {self.written} rows, expected '
+                         f'{self.shape[0]}')
+    os.replace(self._tmp, self.path)

@@ -186,26 +186,30 @@ def export(config: Any, workdir: str) -> dict[str, Any]:
     for split in splits:
       h_path = os.path.join(out_dir, f'{split}_h{suffix}.npy')
       if os.path.exists(h_path):
-        counts[split] = int(np.load(h_path, mmap_mode='r').shape[0])
+        counts[split] = len(features_lib.RowFile(h_path))
         continue
-      hs, zs, ys = [], [], []
+      n_proc, p = jax.process_count(), jax.process_index()
+      rows = run.source.counts(split, n_proc)[p]
+      dim = _feature_dim(config)
+      writers = {'labels': features_lib.RowWriter(
+          os.path.join(out_dir, f'{split}_labels{suffix}.npy'), (rows,),
+          np.int32)}
+      if config.export.include_z:
+        writers['z'] = features_lib.RowWriter(
+            os.path.join(out_dir, f'{split}_z{suffix}.npy'),
+            (rows, int(config.model.proj_out_dim)
+             if config.model.num_proj_layers else dim), np.float32)
+      writers['h'] = features_lib.RowWriter(h_path, (rows, dim), np.float32)
       progress = reporting.Progress(None, enabled=run.is_chief,
                                     label=f'export: {split} split, batch')
       for i, b in enumerate(run.source.eval_iterator(split, batch)):
         out = features_lib.local_rows(fn, variables, b, run.mesh)
-        hs.append(out['h'])
-        if 'z' in out:
-          zs.append(out['z'])
-        ys.append(out['label'])
+        out['labels'] = out.pop('label')
+        for name, writer in writers.items():
+          writer.append(out[name])
         progress.update(i + 1)
       progress.close()
-      labels = np.concatenate(ys).astype(np.int32)
-      n_proc, p = jax.process_count(), jax.process_index()
-      index = p + n_proc * np.arange(len(labels), dtype=np.int64)
-      if zs:
-        _write_npy(os.path.join(out_dir, f'{split}_z{suffix}.npy'),
-                   np.concatenate(zs))
-      _write_npy(os.path.join(out_dir, f'{split}_labels{suffix}.npy'), labels)
+      index = p + n_proc * np.arange(rows, dtype=np.int64)
       _write_npy(os.path.join(out_dir, f'{split}_index{suffix}.npy'), index)
       paths = getattr(run.source, 'split_paths', None)
       if paths is not None:
@@ -214,8 +218,9 @@ def export(config: Any, workdir: str) -> dict[str, Any]:
         with open(tmp, 'w') as f:
           f.write(text)
         os.replace(tmp, os.path.join(out_dir, f'{split}_paths{suffix}.txt'))
-      _write_npy(h_path, np.concatenate(hs))  # Last: marks the split done.
-      counts[split] = len(labels)
+      for name in [n for n in writers if n != 'h'] + ['h']:
+        writers[name].close()  # h last: its presence marks the split done.
+      counts[split] = rows
     writer = reporting.MetricsWriter(workdir)
     record = writer.write(step, {}, mode='export', init_from=config.init_from,
                           exported=counts, final=True)
@@ -237,30 +242,30 @@ def _feature_file_batches(path_h: str, path_y: str, seed: int,
   """Mini-batches of precomputed features read from disk, one permutation
   per epoch (memory: one batch, whatever the number of examples)."""
   from simclr_jax.data import order  # pylint: disable=g-import-not-at-top
-  h = np.load(path_h, mmap_mode='r')
-  y = np.load(path_y, mmap_mode='r')
+  h = features_lib.RowFile(path_h)
+  y = features_lib.RowFile(path_y)
   epoch_order = order.EpochOrder(seed, jax.process_index(), len(y),
                                  local_batch, spe)
   step = start_step
   while True:
-    idx = np.sort(epoch_order.step_indices(step))
-    yield {'image': np.asarray(h[idx]), 'label': np.asarray(y[idx])}
+    idx = epoch_order.step_indices(step)
+    yield {'image': h.rows(idx), 'label': y.rows(idx)}
     step += 1
 
 
-def _feature_stats(path_h: str, chunk: int = 8192) -> dict[str, np.ndarray]:
+def _feature_stats(path_h: str) -> dict[str, np.ndarray]:
   """Per-feature mean and standard deviation of a features file, streamed.
 
   Over every process's rows (a sum over processes when there are several).
   """
-  h = np.load(path_h, mmap_mode='r')
+  h = features_lib.RowFile(path_h)
   total = np.zeros(h.shape[1], np.float64)
   squares = np.zeros(h.shape[1], np.float64)
-  for i in range(0, h.shape[0], chunk):
-    x = np.asarray(h[i:i + chunk], np.float64)
+  for x in h.chunks():
+    x = x.astype(np.float64)
     total += x.sum(0)
     squares += (x * x).sum(0)
-  count = np.array(float(h.shape[0]))
+  count = np.array(float(len(h)))
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     total, squares, count = (
@@ -275,9 +280,10 @@ def cache_features(run: Run, model: Any, variables: Any, split: str,
                    folder: str) -> tuple[str, str, int]:
   """`h` and labels of this process's part of `split`, on disk, once.
 
-  Written batch by batch into a memory-mapped .npy (atomically renamed when
-  complete), so memory does not grow with the dataset; an existing file is
-  reused (a resumed run does not compute them again).
+  Written batch by batch (`features.write_rows`; renamed into place when
+  complete), so host memory does not grow with the dataset (but for the
+  labels, 4 bytes an example); an existing file is reused, so a resumed run
+  does not compute them again.
 
   Returns:
     (features path, labels path, number of rows).
@@ -287,32 +293,23 @@ def cache_features(run: Run, model: Any, variables: Any, split: str,
   path_h = os.path.join(folder, f'{split}_h{suffix}.npy')
   path_y = os.path.join(folder, f'{split}_labels{suffix}.npy')
   if os.path.exists(path_h) and os.path.exists(path_y):
-    return path_h, path_y, int(np.load(path_y, mmap_mode='r').shape[0])
+    return path_h, path_y, len(features_lib.RowFile(path_y))
   fn = features_lib.make_feature_fn(model, run.mesh)
   batch = _eval_batch(run.config, run.mesh) // jax.process_count()
   rows = run.source.counts(split, jax.process_count())[jax.process_index()]
-  dim = _feature_dim(run.config)
-  tmp_h = f'{path_h}.tmp.{os.getpid()}.npy'
-  out = np.lib.format.open_memmap(tmp_h, mode='w+', dtype=np.float32,
-                                  shape=(rows, dim))
-  labels = np.zeros(rows, np.int32)
+  out_h = features_lib.RowWriter(path_h, (rows, _feature_dim(run.config)),
+                                 np.float32)
+  out_y = features_lib.RowWriter(path_y, (rows,), np.int32)
   progress = reporting.Progress(None, enabled=run.is_chief,
                                 label=f'features: {split} split, batch')
-  pos = 0
   for i, b in enumerate(run.source.eval_iterator(split, batch)):
     got = features_lib.local_rows(fn, variables, b, run.mesh)
-    n = len(got['label'])
-    out[pos:pos + n] = got['h']
-    labels[pos:pos + n] = got['label']
-    pos += n
+    out_h.append(got['h'])
+    out_y.append(got['label'])
     progress.update(i + 1)
   progress.close()
-  out.flush()
-  del out
-  if pos != rows:
-    raise RuntimeError(f'{split}: {pos} feature rows, expected {rows}')
-  _write_npy(path_y, labels)
-  os.replace(tmp_h, path_h)
+  out_y.close()
+  out_h.close()  # Last: its presence marks the cache complete.
   return path_h, path_y, rows
 
 
