@@ -310,6 +310,25 @@ def test_bfloat16_close_to_float32():
   assert conv['__call__'][0].dtype == jnp.bfloat16
 
 
+def test_batch_norm_variance_is_accurate_for_offset_features():
+  """Features with a mean 300 times their spread (as after a ReLU): the
+  variance of two passes is exact to float32 rounding; E[x^2] - E[x]^2 is not."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(3 + 0.01 * rng.normal(size=(64, 4, 4, 8)), jnp.float32)
+  want = np.var(np.asarray(x, np.float64), axis=(0, 1, 2))
+  # Momentum 0: the running variance becomes the batch variance.
+  bn = resnet.batch_norm(True, 0.0, 1e-5, jnp.float32, None)(name='bn')
+  variables = bn.init(jax.random.key(0), x)
+  y, updates = bn.apply(variables, x, mutable=['batch_stats'])
+  np.testing.assert_allclose(updates['batch_stats']['var'], want, rtol=1e-4)
+  np.testing.assert_allclose(np.var(np.asarray(y, np.float64), axis=(0, 1, 2)),
+                             want / (want + 1e-5), rtol=1e-3)
+  fast = nn.BatchNorm(use_running_average=False, momentum=0.0, epsilon=1e-5)
+  _, fast_updates = fast.apply(variables, x, mutable=['batch_stats'])
+  fast_var = fast_updates['batch_stats']['var']
+  assert np.max(np.abs(fast_var / want - 1)) > 1e-2
+
+
 def test_init_distributions_match_google():
   norm = functools.partial(nn.BatchNorm, use_running_average=True)
   block = resnet.BasicBlock(filters=32, strides=1, norm=norm)
