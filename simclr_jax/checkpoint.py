@@ -81,3 +81,47 @@ def restore_for_evaluation(workdir: str, target: Any,
     return restore(manager, target, step)
   finally:
     manager.close()
+
+
+def latest_step(workdir: str) -> int | None:
+  """The newest checkpoint step in `workdir`, or None."""
+  manager = ocp.CheckpointManager(checkpoint_dir(workdir))
+  try:
+    return manager.latest_step()
+  finally:
+    manager.close()
+
+
+def restore_model_variables(workdir: str,
+                            step: int | None = None) -> tuple[int, Any]:
+  """Restores only the model of a workdir's checkpoint, on one device.
+
+  Works for training workdirs (any optimiser state is skipped, not read) and
+  for workdirs written by `simclr_jax.import_tf` (which have none).
+
+  Args:
+    workdir: a folder with `checkpoints/<step>`.
+    step: the checkpoint (default the latest).
+
+  Returns:
+    (step, {'params': ..., 'batch_stats': ...}) as arrays shaped and typed as
+    stored.
+
+  Raises:
+    FileNotFoundError: no checkpoint in `workdir`.
+  """
+  if step is None:
+    step = latest_step(workdir)
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(workdir)}')
+  path = epath.Path(checkpoint_dir(workdir)) / str(step) / 'default'
+  stored = ocp.StandardCheckpointHandler().metadata(path)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+      {k: stored[k] for k in ('params', 'batch_stats') if k in stored})
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+        target, restore_args=ocp.checkpoint_utils.construct_restore_args(
+            target), partial_restore=True))
+  return step, restored

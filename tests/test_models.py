@@ -94,7 +94,7 @@ def reference_param_count(depth, width=1, base=64, sk_ratio=0.0,
     m = c * 2**stage
     out = 4 * m if bottleneck else m
     for b in range(blocks):
-      if cin != out or (stage > 0 and b == 0):  # Projection shortcut.
+      if b == 0:  # Projection shortcut (google: every stage's first block).
         n += conv(1, cin, out) + bn(out)
       if bottleneck:
         n += conv(1, cin, m) + bn(m)
@@ -123,10 +123,17 @@ TORCHVISION_BACKBONES = {
 }
 
 
+# google's ResNet-18/34 (unlike torchvision's) give the first block a
+# projection shortcut although its shape does not change: a 1x1 conv from 64
+# to 64 channels and a BatchNorm, 64 * 64 + 2 * 64 = 4,224 more parameters.
+GOOGLE_EXTRA_SHORTCUT = 64 * 64 + 2 * 64
+
+
 @pytest.mark.parametrize('depth', sorted(TORCHVISION_BACKBONES))
 def test_param_count_matches_torchvision(depth):
   n = models.count_params(models.ResNet(depth=depth))
-  assert n == TORCHVISION_BACKBONES[depth]
+  extra = GOOGLE_EXTRA_SHORTCUT if depth < 50 else 0
+  assert n == TORCHVISION_BACKBONES[depth] + extra
   assert n == reference_param_count(depth)
 
 
@@ -382,7 +389,8 @@ def test_zero_init_residual():
       init_model(SMALL_MODEL, small_batch())['params'],
       is_leaf=lambda v: isinstance(v, dict) and 'scale' in v)
             if isinstance(v, dict)]
-  assert len(scales) == 1 + 2 * 8 + 3 + 2  # Stem, blocks, shortcuts, head.
+  # Stem, blocks, a shortcut in each stage's first block (google's), head.
+  assert len(scales) == 1 + 2 * 8 + 4 + 2
   for scale in scales:
     np.testing.assert_array_equal(scale, 1.0)
 
