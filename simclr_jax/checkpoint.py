@@ -127,7 +127,7 @@ def restore_step(manager: ocp.CheckpointManager, target: Any, step: int) -> Any:
     raise DamagedCheckpoint(f'{type(e).__name__}: {e}') from e
 
 
-def restore_variables(workdir: str, mesh: jax.sharding.Mesh,
+def restore_variables(workdir: str, mesh: jax.sharding.Mesh | None = None,
                       step: int | None = None) -> tuple[dict, int]:
   """The model variables of another run's checkpoint, replicated on `mesh`.
 
@@ -136,7 +136,8 @@ def restore_variables(workdir: str, mesh: jax.sharding.Mesh,
 
   Args:
     workdir: the run whose `checkpoints/` to read.
-    mesh: where to place the arrays (replicated).
+    mesh: where to place the arrays (replicated); None: this process's
+      first device.
     step: the checkpoint step; None for the latest.
 
   Returns:
@@ -156,7 +157,9 @@ def restore_variables(workdir: str, mesh: jax.sharding.Mesh,
           f'no checkpoint {"" if step is None else f"of step {step} "}in '
           f'{checkpoint_dir(workdir)} (steps: {sorted(steps) or "none"})')
     path = epath.Path(manager.directory) / str(step) / 'default'
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    sharding = (jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+                if mesh is None else
+                jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     try:
       meta = ocp.StandardCheckpointHandler().metadata(path)
       wanted = {k: meta[k] for k in ('params', 'batch_stats') if k in meta}

@@ -94,7 +94,7 @@ def reference_param_count(depth, width=1, base=64, sk_ratio=0.0,
     m = c * 2**stage
     out = 4 * m if bottleneck else m
     for b in range(blocks):
-      if cin != out or (stage > 0 and b == 0):  # Projection shortcut.
+      if b == 0:  # Projection shortcut (google: every stage's first block).
         n += conv(1, cin, out) + bn(out)
       if bottleneck:
         n += conv(1, cin, m) + bn(m)
@@ -123,10 +123,17 @@ TORCHVISION_BACKBONES = {
 }
 
 
+# google's ResNet-18/34 (unlike torchvision's) give the first block a
+# projection shortcut although its shape does not change: a 1x1 conv from 64
+# to 64 channels and a BatchNorm, 64 * 64 + 2 * 64 = 4,224 more parameters.
+GOOGLE_EXTRA_SHORTCUT = 64 * 64 + 2 * 64
+
+
 @pytest.mark.parametrize('depth', sorted(TORCHVISION_BACKBONES))
 def test_param_count_matches_torchvision(depth):
   n = models.count_params(models.ResNet(depth=depth))
-  assert n == TORCHVISION_BACKBONES[depth]
+  extra = GOOGLE_EXTRA_SHORTCUT if depth < 50 else 0
+  assert n == TORCHVISION_BACKBONES[depth] + extra
   assert n == reference_param_count(depth)
 
 
@@ -310,6 +317,25 @@ def test_bfloat16_close_to_float32():
   assert conv['__call__'][0].dtype == jnp.bfloat16
 
 
+def test_batch_norm_variance_is_accurate_for_offset_features():
+  """Features with a mean 300 times their spread (as after a ReLU): the
+  variance of two passes is exact to float32 rounding; E[x^2] - E[x]^2 is not."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(3 + 0.01 * rng.normal(size=(64, 4, 4, 8)), jnp.float32)
+  want = np.var(np.asarray(x, np.float64), axis=(0, 1, 2))
+  # Momentum 0: the running variance becomes the batch variance.
+  bn = resnet.batch_norm(True, 0.0, 1e-5, jnp.float32, None)(name='bn')
+  variables = bn.init(jax.random.key(0), x)
+  y, updates = bn.apply(variables, x, mutable=['batch_stats'])
+  np.testing.assert_allclose(updates['batch_stats']['var'], want, rtol=1e-4)
+  np.testing.assert_allclose(np.var(np.asarray(y, np.float64), axis=(0, 1, 2)),
+                             want / (want + 1e-5), rtol=1e-3)
+  fast = nn.BatchNorm(use_running_average=False, momentum=0.0, epsilon=1e-5)
+  _, fast_updates = fast.apply(variables, x, mutable=['batch_stats'])
+  fast_var = fast_updates['batch_stats']['var']
+  assert np.max(np.abs(fast_var / want - 1)) > 1e-2
+
+
 def test_init_distributions_match_google():
   norm = functools.partial(nn.BatchNorm, use_running_average=True)
   block = resnet.BasicBlock(filters=32, strides=1, norm=norm)
@@ -363,7 +389,8 @@ def test_zero_init_residual():
       init_model(SMALL_MODEL, small_batch())['params'],
       is_leaf=lambda v: isinstance(v, dict) and 'scale' in v)
             if isinstance(v, dict)]
-  assert len(scales) == 1 + 2 * 8 + 3 + 2  # Stem, blocks, shortcuts, head.
+  # Stem, blocks, a shortcut in each stage's first block (google's), head.
+  assert len(scales) == 1 + 2 * 8 + 4 + 2
   for scale in scales:
     np.testing.assert_array_equal(scale, 1.0)
 

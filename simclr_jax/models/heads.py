@@ -22,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from simclr_jax.models import resnet
+
 
 def dense_kernel_init() -> jax.nn.initializers.Initializer:
   """google's dense initialiser: RandomNormal(stddev=0.01)."""
@@ -74,11 +76,9 @@ class ProjectionHead(nn.Module):
       x = nn.Dense(self.out_dim if last else width, use_bias=False,
                    dtype=self.dtype, param_dtype=jnp.float32,
                    kernel_init=dense_kernel_init(), name=f'dense_{j}')(x)
-      x = nn.BatchNorm(
-          use_running_average=not train, momentum=self.bn_momentum,
-          epsilon=self.bn_epsilon, use_bias=not last, use_scale=True,
-          dtype=self.dtype, param_dtype=jnp.float32,
-          axis_name=self.axis_name, name=f'bn_{j}')(x)
+      norm = resnet.batch_norm(train, self.bn_momentum, self.bn_epsilon,
+                               self.dtype, self.axis_name)
+      x = norm(use_bias=not last, use_scale=True, name=f'bn_{j}')(x)
       if not last:
         x = nn.relu(x)
     return x.astype(jnp.float32)

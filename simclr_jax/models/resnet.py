@@ -13,8 +13,10 @@ The architecture follows google-research/simclr's `resnet.py`:
   normal), the default of `tf.keras.initializers.VarianceScaling`;
 * the 'imagenet' stem is a 7x7/2 conv, BatchNorm, ReLU and a 3x3/2 max-pool
   ('SAME' padding); the 'cifar' stem is a 3x3/1 conv, BatchNorm and ReLU;
-* a block whose output shape differs from its input's (stride or channels)
-  has a projection shortcut, 1x1 conv + BatchNorm;
+* the first block of every stage has a projection shortcut, 1x1 conv +
+  BatchNorm, as in google's code: also the first block of ResNet-18/34,
+  whose shape does not change (so google's checkpoints load; it adds
+  64 * 64 + 2 * 64 parameters at 1x);
 * the representation `h` is the global average of the last feature map.
 
 Selective kernels (SimCLRv2, `sk_ratio > 0`) follow google's implementation:
@@ -22,12 +24,6 @@ the 3x3 conv of every bottleneck becomes an `SKConv` (two 3x3 streams mixed by
 a softmax attention computed from their global average), the 'imagenet' stem
 becomes three 3x3 convs (ResNet-D) and projection shortcuts average-pool
 before a stride-1 1x1 conv (ResNet-D). Basic blocks keep plain 3x3 convs.
-
-One deliberate difference from google's code: google's first block of the
-first stage always has a projection shortcut, even in ResNet-18/34 where its
-shape does not change. Here (as in the original ResNet and torchvision) it has
-one only when the shape changes, so ResNet-18/34 match the published counts;
-bottleneck networks are unaffected.
 
 BatchNorm takes `axis_name`: inside `jax.shard_map` (or `pmap`) over that
 axis its batch statistics are averaged over every device (global BN, as the
@@ -81,6 +77,37 @@ def feature_dim(depth: int, width_multiplier: int, base_width: int = 64) -> int:
 def conv_kernel_init() -> jax.nn.initializers.Initializer:
   """google's conv initialiser: VarianceScaling(1, fan_in, truncated normal)."""
   return nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
+
+
+def batch_norm(train: bool, momentum: float, epsilon: float, dtype: Any,
+               axis_name: str | None) -> Callable[..., nn.Module]:
+  """The BatchNorm constructor every layer of the model uses.
+
+  Keras' (and Flax's) convention: running averages decay by `momentum`
+  (new = momentum * old + (1 - momentum) * batch), the batch variance is the
+  biased one. The variance is computed in two passes, the mean of squared
+  deviations (as Keras' BatchNormalization), not Flax's default
+  E[x^2] - E[x]^2: that one loses float32 precision on features whose mean
+  is large against their spread (post-ReLU maps), enough to make a global-BN
+  step differ between 1 and 8 devices by ten times float32 rounding. Two
+  passes cost one more reduction (and, with `axis_name`, one more all-reduce
+  of C floats) per layer.
+
+  Args:
+    train: use and update batch statistics (else the running averages).
+    momentum: running-average decay.
+    epsilon: added to the variance.
+    dtype: compute dtype; scale, bias and statistics are float32.
+    axis_name: mapped axis to average the statistics over (global BN).
+
+  Returns:
+    A partial of `nn.BatchNorm`; call it with `name=` (and `scale_init=`,
+    `use_bias=` ...).
+  """
+  return functools.partial(
+      nn.BatchNorm, use_running_average=not train, momentum=momentum,
+      epsilon=epsilon, dtype=dtype, param_dtype=jnp.float32,
+      axis_name=axis_name, use_fast_variance=False)
 
 
 def _conv(features: int, kernel_size: int, strides: int, dtype: Any,
@@ -170,11 +197,12 @@ def _residual_parts(block: nn.Module, x: jax.Array, features: int):
   """The shortcut of `x` and the init of the block's last BN scale.
 
   Called inside a block's compact `__call__`: a projection shortcut (a child
-  named 'shortcut') only when the stride or the width changes; the last
-  BatchNorm scale starts at zero when `zero_init_residual` is set.
+  named 'shortcut') when `block.projection` is set or the stride or the width
+  changes; the last BatchNorm scale starts at zero when `zero_init_residual`
+  is set.
   """
   shortcut = x
-  if block.strides != 1 or x.shape[-1] != features:
+  if block.projection or block.strides != 1 or x.shape[-1] != features:
     shortcut = Shortcut(features, block.strides, block.norm,
                         resnet_d=block.sk_ratio > 0, dtype=block.dtype,
                         name='shortcut')(x)
@@ -193,6 +221,8 @@ class BasicBlock(nn.Module):
     zero_init_residual: initialise the last BatchNorm's scale to zero.
     sk_ratio: > 0 selects ResNet-D projection shortcuts (google's choice).
     dtype: compute dtype.
+    projection: always use a projection shortcut (the first block of a
+      stage); one is used anyway when the stride or the width changes.
   """
   filters: int
   strides: int
@@ -200,6 +230,7 @@ class BasicBlock(nn.Module):
   zero_init_residual: bool = False
   sk_ratio: float = 0.0
   dtype: Any = jnp.float32
+  projection: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -216,6 +247,7 @@ class BottleneckBlock(nn.Module):
   """ResNet-50+ block: 1x1, BN, ReLU, 3x3/s, BN, ReLU, 1x1 (x4), BN, + shortcut.
 
   With `sk_ratio > 0` the 3x3 conv (and its BN + ReLU) is an `SKConv`.
+  Attributes as `BasicBlock`'s.
   """
   filters: int
   strides: int
@@ -223,6 +255,7 @@ class BottleneckBlock(nn.Module):
   zero_init_residual: bool = False
   sk_ratio: float = 0.0
   dtype: Any = jnp.float32
+  projection: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -291,10 +324,8 @@ class ResNet(nn.Module):
     if x.ndim != 4:
       raise ValueError(
           f'ResNet expects (N, H, W, C) images, got shape {x.shape}')
-    norm: Callable[..., nn.Module] = functools.partial(
-        nn.BatchNorm, use_running_average=not train,
-        momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
-        param_dtype=jnp.float32, axis_name=self.axis_name)
+    norm = batch_norm(train, self.bn_momentum, self.bn_epsilon, self.dtype,
+                      self.axis_name)
     width = self.base_width * self.width_multiplier
     dtype = self.dtype
 
@@ -321,7 +352,7 @@ class ResNet(nn.Module):
             filters=width * 2**stage,
             strides=2 if (stage > 0 and b == 0) else 1,
             norm=norm, zero_init_residual=self.zero_init_residual,
-            sk_ratio=self.sk_ratio, dtype=dtype,
+            sk_ratio=self.sk_ratio, dtype=dtype, projection=b == 0,
             name=f'stage{stage + 1}_block{b}')(x)
     h = jnp.mean(x, axis=(1, 2), dtype=jnp.float32)
     chex.assert_shape(
