@@ -298,6 +298,16 @@ def test_synthetic_google_checkpoint_imports_with_inferred_config(tmp_path):
   want = variable_shapes(18, 4, 1, 'cifar', 0.0, 2, 8, 10)
   jax.tree.map(lambda a, b: (a.shape, a.dtype) == (b.shape, b.dtype) or
                pytest.fail(f'{a.shape} != {b.shape}'), variables, want)
+  # The imported workdir is accepted as init_from by the evaluation modes,
+  # with the imported config's model, and yields the same encoder arrays.
+  from simclr_jax import parallel  # pylint: disable=g-import-not-at-top
+  from simclr_jax.evaluate import modes  # pylint: disable=g-import-not-at-top
+  config.init_from = str(tmp_path / 'work')
+  _, loaded, step = modes.load_encoder(config, parallel.make_mesh(1))
+  assert step == 11
+  np.testing.assert_array_equal(
+      loaded['params']['encoder']['stem_conv']['kernel'],
+      p['encoder']['stem_conv']['kernel'])
 
 
 def test_synthetic_saved_model_with_index_keys_imports(tmp_path):
