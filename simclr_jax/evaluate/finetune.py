@@ -42,7 +42,6 @@ from simclr_jax import models
 from simclr_jax import optim
 from simclr_jax import parallel
 from simclr_jax import reporting
-from simclr_jax import signals
 from simclr_jax import workdir as workdir_lib
 from simclr_jax.evaluate import linear
 from simclr_jax.models import heads
@@ -317,35 +316,19 @@ def finetune(config: Any, workdir: str) -> dict[str, Any]:
     writer = reporting.MetricsWriter(workdir)
     progress = reporting.Progress(total, start, enabled=run.is_chief,
                                   images_per_step=gbs, label='fine-tuning')
-    preempted = False
     t0 = time.perf_counter()
-    with signals.StopRequests() as stop:
-      for step in range(start, total):
-        stop.step = step + 1
-        idx = epoch_order.step_indices(step)
-        batch = parallel.host_to_global(
-            {'image': images[idx], 'label': labels[idx]}, run.mesh)
-        state, metrics = step_fn(state, batch['image'], batch['label'],
-                                 jax.random.fold_in(key, step))
-        done = step + 1
-        if done % config.train.log_every_steps == 0 or done == total or (
-            stop.requested):
-          scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-          scalars['learning_rate'] = float(schedule(step))
-          writer.write(done, scalars)
-          progress.update(done, scalars, force=True)
-        else:
-          progress.update(done)
-        if done % int(section.checkpoint_every_steps) == 0 or stop.requested:
-          checkpoint.save(manager, done, state, force=True)
-        if stop.requested:
-          preempted = True
-          break
-    progress.close()
-    if not preempted and manager.latest_step() != total:
-      checkpoint.save(manager, total, state, force=True)
-    manager.wait_until_finished()
-    manager.close()
+
+    def one_step(state, step):
+      idx = epoch_order.step_indices(step)
+      batch = parallel.host_to_global(
+          {'image': images[idx], 'label': labels[idx]}, run.mesh)
+      return step_fn(state, batch['image'], batch['label'],
+                     jax.random.fold_in(key, step))
+
+    state, preempted = modes.run_steps(
+        config, state, manager, one_step, total=total, schedule=schedule,
+        writer=writer, progress=progress,
+        checkpoint_every=int(section.checkpoint_every_steps))
     if preempted:
       record = writer.write(int(state.step), {}, preempted=True)
       writer.close()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -313,6 +313,48 @@ def cache_features(run: Run, model: Any, variables: Any, split: str,
   return path_h, path_y, rows
 
 
+def run_steps(config: Any, state: Any, manager: Any,
+              one_step: Callable[[Any, int], tuple[Any, dict]], *,
+              total: int, schedule: Callable[[int], float],
+              writer: reporting.MetricsWriter, progress: reporting.Progress,
+              checkpoint_every: int) -> tuple[Any, bool]:
+  """The loop of the supervised modes: steps state.step .. total - 1.
+
+  `one_step(state, step) -> (state, metrics)` does one step. Logs every
+  train.log_every_steps (and the last step), checkpoints every
+  `checkpoint_every` and at the end, and stops cleanly on SIGTERM / Ctrl-C
+  (saving first). Closes `progress` and `manager`.
+
+  Returns:
+    (state, preempted).
+  """
+  preempted = False
+  with signals.StopRequests() as stop:
+    for step in range(int(state.step), total):
+      stop.step = step + 1
+      state, metrics = one_step(state, step)
+      done = step + 1
+      if done % config.train.log_every_steps == 0 or done == total or (
+          stop.requested):
+        scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        scalars['learning_rate'] = float(schedule(step))
+        writer.write(done, scalars)
+        progress.update(done, scalars, force=True)
+      else:
+        progress.update(done)
+      if done % checkpoint_every == 0 or stop.requested:
+        checkpoint.save(manager, done, state, force=True)
+      if stop.requested:
+        preempted = True
+        break
+  progress.close()
+  if not preempted and manager.latest_step() != total:
+    checkpoint.save(manager, total, state, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return state, preempted
+
+
 def train_linear_head(run: Run, model: Any, variables: Any, *,
                       section: Any, workdir: str, features_folder: str,
                       label: str = 'linear eval') -> dict[str, float]:
@@ -370,33 +412,16 @@ def train_linear_head(run: Run, model: Any, variables: Any, *,
   writer = reporting.MetricsWriter(workdir)
   progress = reporting.Progress(total, start, enabled=run.is_chief,
                                 images_per_step=gbs, label=label)
-  every = int(section.checkpoint_every_steps)
-  preempted = False
-  with signals.StopRequests() as stop:
-    for step in range(start, total):
-      stop.step = step + 1
-      batch = parallel.host_to_global(next(host), run.mesh)
-      state, metrics = step_fn(state, variables, batch['image'],
-                               batch['label'], jax.random.fold_in(key, step))
-      done = step + 1
-      if done % config.train.log_every_steps == 0 or done == total or (
-          stop.requested):
-        scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        scalars['learning_rate'] = float(schedule(step))
-        writer.write(done, scalars)
-        progress.update(done, scalars, force=True)
-      else:
-        progress.update(done)
-      if done % every == 0 or stop.requested:
-        checkpoint.save(manager, done, state, force=True)
-      if stop.requested:
-        preempted = True
-        break
-  progress.close()
-  if not preempted and manager.latest_step() != total:
-    checkpoint.save(manager, total, state, force=True)
-  manager.wait_until_finished()
-  manager.close()
+
+  def one_step(state, step):
+    batch = parallel.host_to_global(next(host), run.mesh)
+    return step_fn(state, variables, batch['image'], batch['label'],
+                   jax.random.fold_in(key, step))
+
+  state, preempted = run_steps(
+      config, state, manager, one_step, total=total, schedule=schedule,
+      writer=writer, progress=progress,
+      checkpoint_every=int(section.checkpoint_every_steps))
   if preempted:
     writer.write(int(state.step), {}, preempted=True)
     writer.close()
