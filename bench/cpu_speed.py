@@ -42,6 +42,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCH = os.path.join(HERE, 'train_bench.py')
 
+YNN_CONV_OFF = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
 # name -> (XLA CPU devices, extra XLA flags, extra train_bench arguments).
 VARIANTS = {
     'dev1': (1, [], []),
@@ -63,6 +64,12 @@ VARIANTS = {
     'dev8_xnn_graph': (8, ['--xla_cpu_experimental_xnn_graph_fusion_mode='
                            'XNN_GRAPH_FUSION_MODE_GREEDY'], []),
     'dev8_xnnpack_off': (8, ['--xla_cpu_use_xnnpack=false'], []),
+    # Convolutions by XLA's own (Eigen) kernels instead of YNNPACK's.
+    'dev8_ynn_conv_off': (8, [YNN_CONV_OFF], []),
+    'dev4_ynn_conv_off': (4, [YNN_CONV_OFF], []),
+    'dev2_ynn_conv_off': (2, [YNN_CONV_OFF], []),
+    'dev1_ynn_conv_off': (1, [YNN_CONV_OFF], []),
+    'dev8_ynn_off': (8, ['--xla_cpu_experimental_ynn_fusion_type='], []),
     'dev8_onednn_fusion': (8, ['--xla_cpu_experimental_onednn_fusion_type='
                                'dot,eltwise,reduce'], []),
     'dev8_vec512': (8, ['--xla_cpu_prefer_vector_width=512'], []),

@@ -13,19 +13,23 @@ encoder at random initialisation (*_random_init).
 google's CIFAR-10 recipe (configs/cifar10.py: LARS at 1.0 x B/256, weight
 decay 1e-4, temperature 0.5, colour strength 0.5, no blur, 3-layer head)
 shrunk to the hour: ResNet-18 at a quarter of the width (base_width 16,
-0.7M parameters), batch 256, 1,200 steps (about 6.8 epochs of the 45,000
+0.7M parameters), batch 256, 2,000 steps (11.4 epochs of the 45,000
 training images), one warm-up epoch.
 
-Sizing (an estimate: the 2-core development machine was loaded by other
-jobs when it was timed):
-  python bench/train_bench.py --cases=r18_32 --batch_r18=256 --base_width=16 \
-      --steps=5 --warmup=1
-timed this step at 14.0 s (median) at a load average of 13; its process CPU
-time, about 4.9 s per step, puts it near 2.5 s on 2 quiet cores. So 1,200
-steps take about 50 minutes, and the final scores (kNN and probe, for the
-pretrained and the randomly initialised encoder) a few minutes more.
+To score on CIFAR-10's test split instead, add
+--config.data.eval_dir=/path/to/cifar10/test (a folder of the same layout;
+then all 50,000 training images are trained on, nothing is held out).
 
-Measured: (pending)
+Measured (the command above, with data_dir the CIFAR-10 training split of
+../shared/data unpacked; 2-core AMD EPYC Zen 4, 24 GiB, no accelerator, 8
+XLA CPU devices; commit 35c2091 plus this config), on the 5,000 held-out
+images:
+  final_knn_accuracy 0.5006     final_knn_accuracy_random_init 0.3092
+  final_probe_accuracy 0.5456   final_probe_accuracy_random_init 0.3538
+  train_seconds 3759 (first loss 11.86, last 10.19; the whole command 66 min,
+  with other jobs on the machine for part of it: 163 images/s alone, about
+  145 shared).
+For scale: 400 steps of the same model gave 41% kNN and 47% linear.
 """
 
 from configs import cifar10_folder
@@ -35,7 +39,7 @@ def get_config():
   config = cifar10_folder.get_config()
   config.model.base_width = 16
   config.train.global_batch_size = 256
-  config.train.num_steps = 1200
+  config.train.num_steps = 2000
   config.optim.warmup_epochs = 1.0
   config.train.log_every_steps = 50
   config.train.checkpoint_every_steps = 250

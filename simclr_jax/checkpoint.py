@@ -181,8 +181,12 @@ def restore_variables(workdir: str, mesh: jax.sharding.Mesh | None = None,
 
 
 def resume_or_start(config: Any, workdir: str, state: Any, *, keep: int,
-                    save_every_steps: int) -> tuple[ocp.CheckpointManager, Any]:
+                    save_every_steps: int, total_steps: int
+                    ) -> tuple[ocp.CheckpointManager, Any]:
   """Opens `workdir/checkpoints`; restores the latest intact checkpoint.
+
+  Then process 0 keeps the config in `workdir/config_history`
+  (`workdir.record_config`) with the step the run starts from.
 
   A damaged checkpoint (a missing or truncated file, missing metadata) is
   reported in one line, moved to `workdir/damaged_checkpoints`, and the
@@ -195,13 +199,15 @@ def resume_or_start(config: Any, workdir: str, state: Any, *, keep: int,
     state: a state with `.params` and `.step` (arrays or abstract), the
       shape to restore into; returned unchanged when nothing is restored.
     keep, save_every_steps: as for `create_manager`.
+    total_steps: the run's steps; a checkpoint beyond them is refused.
 
   Returns:
     (manager, state).
 
   Raises:
-    config_lib.ConfigError: the checkpoints are of another model, or the
-      config changes what the run computes.
+    config_lib.ConfigError: the checkpoints are of another model, the config
+      changes what the run computes, or the latest checkpoint is beyond
+      `total_steps`.
   """
   import sys  # pylint: disable=g-import-not-at-top
   from simclr_jax import config_lib  # pylint: disable=g-import-not-at-top
@@ -229,5 +235,26 @@ def resume_or_start(config: Any, workdir: str, state: Any, *, keep: int,
     except BaseException:
       manager.close()
       raise
-    return manager, restored
+    state = restored
+    break
+  start = int(state.step)
+  if start > total_steps:
+    manager.close()
+    raise config_lib.ConfigError(
+        f'the checkpoint in {workdir!r} is at step {start}, beyond this '
+        f'run\'s {total_steps} steps; use a new --workdir')
+  if jax.process_index() == 0:
+    workdir_lib.record_config(workdir, config, start)
   return manager, state
+
+
+def finish(manager: ocp.CheckpointManager, total_steps: int, state: Any,
+           preempted: bool) -> None:
+  """Ends a training loop: saves the final step unless stopped, then closes.
+
+  Waits for every asynchronous save, so what was saved is on disk after it.
+  """
+  if not preempted and manager.latest_step() != total_steps:
+    save(manager, total_steps, state, force=True)
+  manager.wait_until_finished()
+  manager.close()

@@ -445,15 +445,9 @@ def _pretrain(config: Any, workdir: str,
 
   manager, state = checkpoint.resume_or_start(
       config, workdir, state, keep=config.train.keep_checkpoints,
-      save_every_steps=config.train.checkpoint_every_steps)
+      save_every_steps=config.train.checkpoint_every_steps,
+      total_steps=total_steps)
   start_step = int(state.step)
-  if start_step > total_steps:
-    manager.close()
-    raise config_lib.ConfigError(
-        f'the checkpoint in {workdir!r} is at step {start_step}, beyond this '
-        f'run\'s {total_steps} steps; use a new --workdir')
-  if is_chief:
-    workdir_lib.record_config(workdir, config, start_step)
 
   writer = reporting.MetricsWriter(workdir)
   progress = reporting.Progress(total_steps, start_step, enabled=is_chief,
@@ -535,10 +529,7 @@ def _pretrain(config: Any, workdir: str,
         preempted = True
         break
   progress.close()
-  if not preempted and manager.latest_step() != total_steps:
-    checkpoint.save(manager, total_steps, state, force=True)
-  manager.wait_until_finished()
-  manager.close()
+  checkpoint.finish(manager, total_steps, state, preempted)
   # Wall time of this invocation's training (compilation included).
   train_seconds = round(time.perf_counter() - t_start, 1)
   if preempted:

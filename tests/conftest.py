@@ -16,3 +16,28 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 # TensorFlow must not grab a GPU or compete with JAX for threads in tests.
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope='session')
+def tiny_pretrained(tmp_path_factory):
+  """(workdir, config, record) of 4 tiny pretraining steps, shared.
+
+  The kNN monitor runs at step 2; the final kNN and probe scores are there
+  for the pretrained and the randomly initialised encoder. Tests read the
+  workdir and must not write to it.
+  """
+  from simclr_jax import train  # pylint: disable=g-import-not-at-top
+  from tiny import tiny_config  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp('pretrain'))
+  config = tiny_config()
+  config.train.num_steps = 4
+  config.train.log_every_steps = 1
+  config.train.checkpoint_every_steps = 2
+  config.eval.every_steps = 2
+  config.eval.probe_epochs = 2.0
+  config.eval.compare_random_init = True
+  record = train.train_and_evaluate(config, workdir)
+  return workdir, config, record

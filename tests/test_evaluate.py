@@ -91,7 +91,6 @@ import time  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from simclr_jax import checkpoint  # pylint: disable=g-import-not-at-top,wrong-import-position
 from simclr_jax import reporting  # pylint: disable=g-import-not-at-top,wrong-import-position
-from simclr_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from simclr_jax.evaluate import modes  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tiny import tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -101,17 +100,9 @@ TINY_FLAGS = ['--config=configs/demo.py', '--config.image_size=8',
               '--config.model.proj_out_dim=8']
 
 
-@pytest.fixture(scope='module')
-def pretrained(tmp_path_factory):
-  """A tiny pretraining run with the kNN monitor and the final scores on."""
-  workdir = str(tmp_path_factory.mktemp('pretrain'))
-  config = tiny_config()
-  config.train.num_steps = 4
-  config.train.checkpoint_every_steps = 2
-  config.eval.every_steps = 2
-  config.eval.probe_epochs = 2.0
-  record = train.train_and_evaluate(config, workdir)
-  return workdir, config, record
+@pytest.fixture
+def pretrained(tiny_pretrained):
+  return tiny_pretrained
 
 
 def test_pretraining_scores_equal_those_of_exported_features(pretrained,

@@ -20,18 +20,9 @@ from tiny import tiny_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope='module')
-def pretrained(tmp_path_factory):
-  """4 steps of the tiny config, with the kNN monitor and final kNN scores."""
-  workdir = str(tmp_path_factory.mktemp('pretrain'))
-  config = tiny_config()
-  config.train.num_steps = 4
-  config.train.log_every_steps = 1
-  config.train.checkpoint_every_steps = 4
-  config.eval.every_steps = 2
-  config.eval.linear_probe = False
-  config.eval.compare_random_init = True
-  train.train_and_evaluate(config, workdir)
+@pytest.fixture
+def pretrained(tiny_pretrained):
+  workdir, config, _ = tiny_pretrained
   return workdir, config
 
 

@@ -34,18 +34,17 @@ def _parallel(config: Any) -> int:
 
 
 def train_views(steps: tf.data.Dataset, view: Callable, batch: int,
-                spares: int, config: Any) -> tf.data.Dataset:
+                config: Any) -> tf.data.Dataset:
   """Train batches from a dataset of whole steps, in step order.
 
   Args:
     steps: tf.data whose elements are the reads of one step each: (raw,
-      label int32, key int64), each with a leading dimension batch + spares;
-      raw is whatever `view` takes (encoded images, paths, decoded images).
-    view: (raw, key) -> uint8 image of one example, in TF ops.
+      label int32, key int64), each with a leading dimension `batch`; raw is
+      whatever `view` takes (encoded images, paths, decoded images).
+    view: (raw, key) -> uint8 image of one example, in TF ops; a failure
+      stops the iterator (undecodable files are replaced before this, see
+      `FolderSteps`).
     batch: examples per batch.
-    spares: the reads after the first `batch` of a step: when > 0, examples
-      whose view fails are dropped (and logged) and the spares fill in;
-      when 0, a failure stops the iterator.
     config: the run config (data.num_parallel_calls, data.prefetch).
 
   Returns:
@@ -60,8 +59,6 @@ def train_views(steps: tf.data.Dataset, view: Callable, batch: int,
     ds = ds.map(host_ops.plain(lambda r, y, k: {'image': view(r, k),
                                                 'label': y}),
                 num_parallel_calls=parallel, deterministic=True)
-    if spares:
-      ds = ds.ignore_errors(log_warning=True).take(batch)
     return ds.batch(batch, drop_remainder=True)
 
   # Up to STEPS_IN_FLIGHT steps decode at once; each gives one batch, so the
@@ -292,7 +289,7 @@ class FileBatches:
 
 
 def ordered_steps(epochs: order.EpochOrder, raw: np.ndarray,
-                  labels: np.ndarray, start_step: int, spares: int,
+                  labels: np.ndarray, start_step: int,
                   process_index: int, process_count: int) -> tf.data.Dataset:
   """The steps from `start_step` on of data read in an `EpochOrder`.
 
@@ -302,19 +299,18 @@ def ordered_steps(epochs: order.EpochOrder, raw: np.ndarray,
       object array of bytes, or uint8 (N, H, W, 3) decoded images.
     labels: int32 (N,).
     start_step: the first global step.
-    spares: examples read after each batch (`EpochOrder.step_indices`).
     process_index, process_count: this process, and how many there are.
 
   Returns:
     Infinite tf.data of steps (raw, label int32, key int64), each with a
-    leading dimension epochs.batch + spares, for `train_views`.
+    leading dimension epochs.batch, for `train_views`.
   """
-  width = epochs.batch + spares
+  width = epochs.batch
 
   def generate():
     step = start_step
     while True:
-      idx = epochs.step_indices(step, spares)
+      idx = epochs.step_indices(step)
       yield raw[idx], labels[idx], order.step_keys(step, width, process_index,
                                                    process_count)
       step += 1
@@ -336,9 +332,9 @@ def host_crops(config: Any, epochs: order.EpochOrder, images: np.ndarray,
   Yields {'image': uint8 (b, 2, S, S, 3), 'label': int32 (b,)}.
   """
   fns = host_ops.ElementFns(config)
-  steps = ordered_steps(epochs, images, labels, start_step, 0, process_index,
+  steps = ordered_steps(epochs, images, labels, start_step, process_index,
                         process_count)
-  return train_views(steps, fns.host_views_decoded, epochs.batch, 0,
+  return train_views(steps, fns.host_views_decoded, epochs.batch,
                      config).as_numpy_iterator()
 
 

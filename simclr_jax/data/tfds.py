@@ -331,7 +331,7 @@ class TfdsStreamSource(base.DataSource):
       while True:
         steps = self._epoch_steps(epoch, first, batch, spe, process_index,
                                   process_count)
-        yield from streams.train_views(steps, view, batch, 0,
+        yield from streams.train_views(steps, view, batch,
                                        self.config).as_numpy_iterator()
         epoch, first = epoch + 1, 0
     return generate()

@@ -43,7 +43,6 @@ from simclr_jax import models
 from simclr_jax import optim
 from simclr_jax import parallel
 from simclr_jax import reporting
-from simclr_jax import workdir as workdir_lib
 from simclr_jax.evaluate import linear
 from simclr_jax.models import heads
 from simclr_jax.models import resnet
@@ -306,10 +305,10 @@ def finetune(config: Any, workdir: str) -> dict[str, Any]:
                         run.mesh)
     manager, state = checkpoint.resume_or_start(
         config, workdir, state, keep=2,
-        save_every_steps=int(section.checkpoint_every_steps))
+        save_every_steps=int(section.checkpoint_every_steps),
+        total_steps=total)
     start = int(state.step)
     if run.is_chief:
-      workdir_lib.record_config(workdir, config, start)
       print(f'simclr_jax: fine-tuning on {num_labelled} labelled examples '
             f'({section.subset_file or f"{section.label_fraction:g} of the labels"}), '
             f'{total} steps of {gbs}', flush=True)

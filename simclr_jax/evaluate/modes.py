@@ -366,10 +366,7 @@ def run_steps(config: Any, state: Any, manager: Any,
         preempted = True
         break
   progress.close()
-  if not preempted and manager.latest_step() != total:
-    checkpoint.save(manager, total, state, force=True)
-  manager.wait_until_finished()
-  manager.close()
+  checkpoint.finish(manager, total, state, preempted)
   return state, preempted
 
 
@@ -415,10 +412,8 @@ def train_linear_head(run: Run, model: Any, variables: Any, *,
   state = linear.create_state(tx, dim, num_classes, run.mesh, stats)
   manager, state = checkpoint.resume_or_start(
       config, workdir, state, keep=2,
-      save_every_steps=int(section.checkpoint_every_steps))
+      save_every_steps=int(section.checkpoint_every_steps), total_steps=total)
   start = int(state.step)
-  if run.is_chief:
-    workdir_lib.record_config(workdir, config, start)
   inputs = 'images' if section.augment else 'features'
   step_fn = linear.make_train_step(
       model, tx, run.mesh, inputs=inputs,
