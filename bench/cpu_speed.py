@@ -1,10 +1,13 @@
 r"""Which XLA CPU settings make the real SimCLR train step fastest; prints JSON.
 
     python bench/cpu_speed.py                       # every variant, 2 rounds
-    python bench/cpu_speed.py --variants=dev8,dev2,dev8_onednn --rounds=3
+    python bench/cpu_speed.py --variants=dev2,dev8_ynnpack,lightly --batch=128
     python bench/cpu_speed.py --list                # names and what they set
-    python bench/cpu_speed.py --profile=dev8        # where the time goes
-    python bench/cpu_speed.py --variants=dev8,dev2,lightly --rounds=3
+    python bench/cpu_speed.py --profile=dev2        # where the time goes
+
+`dev2` is the default set-up of `train_and_evaluate` on CPU (train.cpu_devices
+= 2, XLA's own convolutions); `dev8_ynnpack` the one before it (8 devices,
+jaxlib 0.10's YNNPACK convolutions).
 
 The variant `lightly` is the peer: lightly 1.6's SimCLR step on PyTorch's
 CPU build (ResNet-18, CIFAR stem, 512-2048-128 head, LARS; random views, no
@@ -26,7 +29,9 @@ so that a change in the load of a shared machine hits every variant alike;
 each variant's score is its best median step time over the rounds. The host
 load average (os.getloadavg) is recorded before every run.
 
-Each variant gets exactly the XLA flags listed here (XLA_FLAGS is replaced).
+Each variant gets exactly the XLA flags listed here (XLA_FLAGS is replaced),
+plus those train_and_evaluate adds (parallel.cpu_xla_flags) unless the
+variant sets --cpu_ynnpack_convs or a YNN fusion flag of its own.
 `ratio_to_baseline` > 1 is faster than --baseline. `hlo` counts convolutions
 and custom calls in the compiled program (to see whether a flag changed it).
 """
@@ -42,7 +47,6 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCH = os.path.join(HERE, 'train_bench.py')
 
-YNN_CONV_OFF = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
 # name -> (XLA CPU devices, extra XLA flags, extra train_bench arguments).
 VARIANTS = {
     'dev1': (1, [], []),
@@ -64,12 +68,11 @@ VARIANTS = {
     'dev8_xnn_graph': (8, ['--xla_cpu_experimental_xnn_graph_fusion_mode='
                            'XNN_GRAPH_FUSION_MODE_GREEDY'], []),
     'dev8_xnnpack_off': (8, ['--xla_cpu_use_xnnpack=false'], []),
-    # Convolutions by XLA's own (Eigen) kernels instead of YNNPACK's.
-    'dev8_ynn_conv_off': (8, [YNN_CONV_OFF], []),
-    'dev4_ynn_conv_off': (4, [YNN_CONV_OFF], []),
-    'dev2_ynn_conv_off': (2, [YNN_CONV_OFF], []),
-    'dev1_ynn_conv_off': (1, [YNN_CONV_OFF], []),
-    'dev8_ynn_off': (8, ['--xla_cpu_experimental_ynn_fusion_type='], []),
+    # jaxlib 0.10's YNNPACK convolutions (the default before
+    # train.cpu_ynnpack_convs), and no YNNPACK fusion at all.
+    'dev8_ynnpack': (8, [], ['--cpu_ynnpack_convs']),
+    'dev2_ynnpack': (2, [], ['--cpu_ynnpack_convs']),
+    'dev2_ynn_off': (2, ['--xla_cpu_experimental_ynn_fusion_type='], []),
     'dev8_onednn_fusion': (8, ['--xla_cpu_experimental_onednn_fusion_type='
                                'dot,eltwise,reduce'], []),
     'dev8_vec512': (8, ['--xla_cpu_prefer_vector_width=512'], []),
@@ -83,7 +86,8 @@ VARIANTS = {
 # The peer (lightly 1.6 on PyTorch CPU), run beside ours in the same rounds
 # when its environment exists (bash ../shared/peers/setup_lightly.sh).
 PEER = 'lightly'
-DEFAULT_VARIANTS = ('dev8,dev1,dev2,dev4,dev16,dev8_onednn,dev8_onednn_cc,'
+DEFAULT_VARIANTS = ('dev2,dev1,dev4,dev8,dev2_ynnpack,dev8_ynnpack,'
+                    'dev2_ynn_off,dev8_onednn,dev8_onednn_cc,'
                     'dev8_xnn,dev8_onednn_fusion,dev8_vec512,dev8_fast_math,'
                     'dev8_bf16,dev8_vmap,'
                     'dev8_no_augment')
@@ -241,7 +245,7 @@ def summarize_trace(trace_dir):
 def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--variants', default=DEFAULT_VARIANTS)
-  p.add_argument('--baseline', default='dev8')
+  p.add_argument('--baseline', default='dev2')
   p.add_argument('--rounds', type=int, default=2)
   p.add_argument('--batch', type=int, default=128)
   p.add_argument('--steps', type=int, default=3)

@@ -71,6 +71,9 @@ def _parse_args(argv=None) -> argparse.Namespace:
                  help='XLA CPU devices when XLA_FLAGS does not set a count '
                       '(-1: config default train.cpu_devices, as '
                       'train_and_evaluate; 0: leave XLA alone)')
+  p.add_argument('--cpu_ynnpack_convs', action='store_true',
+                 help="keep jaxlib's YNNPACK convolutions on CPU (config "
+                      'train.cpu_ynnpack_convs; default: XLA\'s own)')
   p.add_argument('--augment_strategy', default='auto',
                  choices=('auto', 'map', 'vmap'),
                  help='config.augment.strategy')
@@ -142,11 +145,11 @@ from simclr_jax import parallel
 from simclr_jax import train
 
 if __name__ == '__main__':
-  # CPU devices exactly as train_and_evaluate sets them (before JAX starts
-  # its backends; nothing changes on GPU/TPU).
+  # CPU devices and convolution kernels exactly as train_and_evaluate sets
+  # them (before JAX starts its backends; nothing changes on GPU/TPU).
   _count = (default.get_config().train.cpu_devices if ARGS.cpu_devices < 0
             else ARGS.cpu_devices)
-  parallel.setup_cpu_devices(_count)
+  parallel.setup_cpu_devices(_count, ARGS.cpu_ynnpack_convs)
 
 # Peak dense TFLOP/s of one device: (bfloat16, float32 as TF32 on GPUs).
 # Matched against `device_kind` in order (first substring that occurs).

@@ -133,9 +133,15 @@ def get_config() -> ml_collections.ConfigDict:
   train.online_probe = True
   # Shard over this many devices; 0 means every device of every process.
   train.num_devices = 0
-  # On CPU without XLA_FLAGS, split the host into this many XLA devices
-  # (XLA's CPU convolutions use one core each); 0 leaves XLA alone.
-  train.cpu_devices = 8
+  # On CPU without a device count in XLA_FLAGS, split the host into this
+  # many XLA devices; 0 leaves XLA alone. 2 was fastest on a 2-core machine
+  # (1, 2, 4, 8: bench/cpu_speed.py); each device's convolutions use every
+  # core.
+  train.cpu_devices = 2
+  # On CPU, keep jaxlib 0.10's YNNPACK convolutions; False (the default) uses
+  # XLA's own multi-threaded ones, 1.3x faster train steps measured here
+  # (parallel.cpu_xla_flags).
+  train.cpu_ynnpack_convs = False
   # Resume even when the config changes what the run computes (batch,
   # schedule, data, augmentation, model, loss, seed); normally refused.
   train.allow_config_change = False

@@ -18,15 +18,60 @@ from jax.sharding import PartitionSpec as P
 AXIS = 'batch'
 
 
-def setup_cpu_devices(num_devices: int) -> None:
-  """Splits the host CPU into `num_devices` XLA devices, before JAX starts.
+# XLA's own (Eigen) convolution kernels instead of YNNPACK's: YNNPACK runs
+# each convolution on one thread and, on the 2-core AVX-512 machine this was
+# measured on, took 1.7x the time of XLA's multi-threaded kernels for
+# ResNet-18's convolutions (bench/cpu_speed.py).
+YNN_CONVS_OFF = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
+# jaxlib (major, minor) versions known to accept YNN_CONVS_OFF. XLA aborts
+# the process on a flag it does not know, so it is never set for others.
+_YNN_FLAG_VERSIONS = ((0, 10),)
 
-  XLA's CPU convolutions use one core each, so several CPU devices train
-  several times faster on a multi-core host. Does nothing when `num_devices`
-  is 0, when the user already set the device count in XLA_FLAGS, or when JAX
-  has already started its backends. Only the CPU backend is affected: on a
-  GPU or TPU host the accelerators are still the default devices.
+
+def _backends_started() -> bool:
+  try:
+    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+    return bool(xla_bridge.backends_are_initialized())
+  except (ImportError, AttributeError):
+    return False
+
+
+def cpu_xla_flags(ynnpack_convs: bool = False) -> list[str]:
+  """XLA flags for the CPU backend that simclr_jax sets before JAX starts.
+
+  Args:
+    ynnpack_convs: keep jaxlib's default of YNNPACK convolutions.
+
+  Returns:
+    [YNN_CONVS_OFF] when it applies (not `ynnpack_convs`, this jaxlib is one
+    that knows the flag, XLA_FLAGS does not already choose YNN fusions),
+    else []. The flag only concerns the CPU backend.
   """
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  version = tuple(int(v) for v in jaxlib.__version__.split('.')[:2])
+  if (ynnpack_convs or version not in _YNN_FLAG_VERSIONS or
+      'xla_cpu_experimental_ynn_fusion_type' in os.environ.get('XLA_FLAGS',
+                                                               '')):
+    return []
+  return [YNN_CONVS_OFF]
+
+
+def setup_cpu_devices(num_devices: int, ynnpack_convs: bool = False) -> None:
+  """Sets up XLA's CPU backend before JAX starts it.
+
+  Splits the host CPU into `num_devices` XLA devices (nothing when it is 0
+  or when the user already set the count in XLA_FLAGS), and adds
+  `cpu_xla_flags(ynnpack_convs)` to XLA_FLAGS. Does nothing once JAX has
+  started its backends. Only the CPU backend is affected: on a GPU or TPU
+  host the accelerators are still the default devices.
+  """
+  if _backends_started():
+    logging.info('JAX has started: not changing the CPU backend set-up')
+    return
+  extra = cpu_xla_flags(ynnpack_convs)
+  if extra:
+    os.environ['XLA_FLAGS'] = ' '.join(
+        [os.environ.get('XLA_FLAGS', ''), *extra]).strip()
   if num_devices <= 0:
     return
   if 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', ''):

@@ -405,7 +405,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     TrainingDiverged: the loss or gradient became NaN/Inf.
   """
   config_lib.validate(config, workdir)
-  parallel.setup_cpu_devices(config.train.cpu_devices)
+  parallel.setup_cpu_devices(config.train.cpu_devices,
+                             config.train.cpu_ynnpack_convs)
   parallel.maybe_initialize_distributed(config.distributed)
   with config_lib.user_errors():
     mesh = parallel.make_mesh(config.train.num_devices)

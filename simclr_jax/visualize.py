@@ -825,7 +825,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, str]:
 
 def _setup_devices(config: Any) -> None:
   from simclr_jax import parallel  # pylint: disable=g-import-not-at-top
-  parallel.setup_cpu_devices(int(config.train.get('cpu_devices', 0)))
+  parallel.setup_cpu_devices(
+      int(config.train.get('cpu_devices', 0)),
+      bool(config.train.get('cpu_ynnpack_convs', False)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

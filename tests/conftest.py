@@ -16,6 +16,11 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 # TensorFlow must not grab a GPU or compete with JAX for threads in tests.
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+# The CPU convolution kernels that train_and_evaluate chooses by default
+# (train.cpu_ynnpack_convs=False), so the tests run the default path.
+from simclr_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
+os.environ['XLA_FLAGS'] = ' '.join(
+    [os.environ['XLA_FLAGS'], *parallel.cpu_xla_flags()])
 
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -95,7 +95,8 @@ class Run:
   def __init__(self, config: Any, workdir: str):
     from simclr_jax import data  # pylint: disable=g-import-not-at-top
     config_lib.validate(config, workdir)
-    parallel.setup_cpu_devices(config.train.cpu_devices)
+    parallel.setup_cpu_devices(config.train.cpu_devices,
+                               config.train.cpu_ynnpack_convs)
     parallel.maybe_initialize_distributed(config.distributed)
     with config_lib.user_errors():
       self.mesh = parallel.make_mesh(config.train.num_devices)
