@@ -78,6 +78,8 @@ VARIANTS = {
     'dev8_vec512': (8, ['--xla_cpu_prefer_vector_width=512'], []),
     'dev8_fast_math': (8, ['--xla_cpu_enable_fast_math=true'], []),
     'dev8_bf16': (8, [], ['--dtype=bfloat16']),
+    'dev2_bf16': (2, [], ['--dtype=bfloat16']),
+    'dev2_bf16_ynnpack': (2, [], ['--dtype=bfloat16', '--cpu_ynnpack_convs']),
     'dev8_vmap': (8, [], ['--augment_strategy=vmap']),
     'dev8_no_augment': (8, [], ['--no_augment']),
     'dev2_no_augment': (2, [], ['--no_augment']),
