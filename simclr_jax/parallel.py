@@ -36,6 +36,13 @@ def _backends_started() -> bool:
     return False
 
 
+def jaxlib_knows_ynn_flag() -> bool:
+  """Whether this jaxlib is one known to accept YNN_CONVS_OFF."""
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  version = tuple(int(v) for v in jaxlib.__version__.split('.')[:2])
+  return version in _YNN_FLAG_VERSIONS
+
+
 def cpu_xla_flags(ynnpack_convs: bool = False) -> list[str]:
   """XLA flags for the CPU backend that simclr_jax sets before JAX starts.
 
@@ -47,9 +54,7 @@ def cpu_xla_flags(ynnpack_convs: bool = False) -> list[str]:
     that knows the flag, XLA_FLAGS does not already choose YNN fusions),
     else []. The flag only concerns the CPU backend.
   """
-  import jaxlib  # pylint: disable=g-import-not-at-top
-  version = tuple(int(v) for v in jaxlib.__version__.split('.')[:2])
-  if (ynnpack_convs or version not in _YNN_FLAG_VERSIONS or
+  if (ynnpack_convs or not jaxlib_knows_ynn_flag() or
       'xla_cpu_experimental_ynn_fusion_type' in os.environ.get('XLA_FLAGS',
                                                                '')):
     return []
@@ -97,6 +102,14 @@ def maybe_initialize_distributed(dist_config: Any) -> None:
   if dist_config.process_id >= 0:
     kwargs['process_id'] = dist_config.process_id
   jax.distributed.initialize(**kwargs)
+
+
+def min_over_processes(n: int) -> int:
+  """The smallest `n` of all processes (`n` itself on one process)."""
+  if jax.process_count() == 1:
+    return int(n)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return int(np.min(multihost_utils.process_allgather(np.array(n))))
 
 
 def make_mesh(num_devices: int = 0,

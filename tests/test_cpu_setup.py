@@ -12,8 +12,7 @@ import numpy as np
 from simclr_jax import parallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KNOWN = tuple(int(v) for v in jaxlib.__version__.split('.')[:2]) in (
-    parallel._YNN_FLAG_VERSIONS)  # pylint: disable=protected-access
+KNOWN = parallel.jaxlib_knows_ynn_flag()
 
 
 def test_flag_only_where_known_and_not_chosen(monkeypatch):

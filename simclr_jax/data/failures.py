@@ -36,6 +36,15 @@ def examples(names: Sequence[str], total: int) -> str:
   return shown + (f' and {more} more' if more > 0 else '')
 
 
+def nothing_decodes(total: int, what: str, names: Sequence[str]) -> DataError:
+  """The one-line error of `total` images of `what` of which none decodes.
+
+  `names`: the files that were tried (some are shown).
+  """
+  return DataError(f'none of the {total} images of {what} can be decoded '
+                   f'({examples(names, len(names))})')
+
+
 class DecodeFailures:
   """The files of a source that do not decode, by index into its paths.
 

@@ -78,7 +78,6 @@ class FileSource(base.DataSource):
     """
     super().__init__(config, num_classes=num_classes,
                      crop_on_host=base.crop_on_host(config, auto_host=True))
-    self.what = what
     self.paths, self.labels = paths, labels
     self.failures = failures_lib.DecodeFailures(paths)
     self._fixed_shape = None
@@ -114,9 +113,7 @@ class FileSource(base.DataSource):
     if failed:
       names = [str(p) for p in self.paths[failed]]
       if not ok.any():
-        raise failures_lib.DataError(
-            f'none of the {n} images of {self._where()} can be decoded '
-            f'({failures_lib.examples(names, len(names))})')
+        raise failures_lib.nothing_decodes(n, self._where(), names)
       logging.warning('%d of the %d images of %s cannot be decoded and are '
                       'left out: %s', len(failed), n, self._where(),
                       failures_lib.examples(names, len(names)))
@@ -224,10 +221,8 @@ class FileSource(base.DataSource):
       yield images, labels
     if len(every) and not decoded:
       names = [str(p) for p in self.paths[every]]
-      raise failures_lib.DataError(
-          f'none of the {len(every)} images of the {split!r} split of '
-          f'{self._where()} can be decoded '
-          f'({failures_lib.examples(names, len(names))})')
+      raise failures_lib.nothing_decodes(
+          len(every), f'the {split!r} split of {self._where()}', names)
 
   def _train_batches(self, batch, start_step, process_index, process_count):
     if self._decoded is not None:

@@ -33,6 +33,14 @@ def _parallel(config: Any) -> int:
   return -1 if n <= 0 else n  # -1 is tf.data.AUTOTUNE.
 
 
+def _step_parallel(config: Any) -> int:
+  """Parallel decodes within one step's dataset: data.num_parallel_calls, or
+  every core when it is <= 0. Fixed: AUTOTUNE would start anew for every
+  step's dataset."""
+  n = int(config.data.num_parallel_calls)
+  return n if n > 0 else (os.cpu_count() or 1)
+
+
 def train_views(steps: tf.data.Dataset, view: Callable, batch: int,
                 config: Any) -> tf.data.Dataset:
   """Train batches from a dataset of whole steps, in step order.
@@ -43,16 +51,14 @@ def train_views(steps: tf.data.Dataset, view: Callable, batch: int,
       whatever `view` takes (encoded images, paths, decoded images).
     view: (raw, key) -> uint8 image of one example, in TF ops; a failure
       stops the iterator (undecodable files are replaced before this, see
-      `FolderSteps`).
+      `FileBatches`).
     batch: examples per batch.
     config: the run config (data.num_parallel_calls, data.prefetch).
 
   Returns:
     tf.data of {'image': uint8 (batch, ...), 'label': int32 (batch,)}.
   """
-  # A fixed parallelism: AUTOTUNE would start anew for every step's dataset.
-  parallel = int(config.data.num_parallel_calls)
-  parallel = parallel if parallel > 0 else (os.cpu_count() or 1)
+  parallel = _step_parallel(config)
 
   def one_step(raw, labels, keys):
     ds = tf.data.Dataset.from_tensor_slices((raw, labels, keys))
@@ -178,9 +184,7 @@ class FileBatches:
       names.append(str(self.failures.names[self.ids[i]]))
       self.failed += 1
       self._give_up(names)
-    raise failures_lib.DataError(
-        f'none of the {self.num_local} images of {self.what} can be decoded '
-        f'({failures_lib.examples(names, len(names))})')
+    raise failures_lib.nothing_decodes(self.num_local, self.what, names)
 
   def _pipeline(self) -> tf.data.Dataset:
     """tf.data of (images, labels, positions, step): one element per step.
@@ -207,8 +211,7 @@ class FileBatches:
         raw_spec, tf.TensorSpec((None,), tf.int32),
         tf.TensorSpec((None,), tf.int64), tf.TensorSpec((None,), tf.int32),
         tf.TensorSpec((), tf.int64)))
-    parallel = int(self.config.data.num_parallel_calls)
-    parallel = parallel if parallel > 0 else (os.cpu_count() or 1)
+    parallel = _step_parallel(self.config)
     view = self.view
 
     def one_step(raw, labels, keys, positions, step):

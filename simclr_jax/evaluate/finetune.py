@@ -293,10 +293,7 @@ def finetune(config: Any, workdir: str) -> dict[str, Any]:
       raise config_lib.ConfigError(
           f'finetune.batch_size={gbs} is larger than the labelled subset '
           f'({num_labelled} examples); lower it')
-    spe = max(len(labels) // local, 1)
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      spe = int(np.min(multihost_utils.process_allgather(np.array(spe))))
+    spe = parallel.min_over_processes(max(len(labels) // local, 1))
     total = max(int(math.ceil(float(section.epochs) * spe)), 1)
     tx, schedule = _optimizer(section, total)
     classifier = Classifier(config.model, int(section.from_proj_layer),

@@ -277,14 +277,6 @@ def _feature_stats(path_h: str) -> dict[str, np.ndarray]:
   return {'mean': mean.astype(np.float32), 'std': std.astype(np.float32)}
 
 
-def _fewest_over_processes(n: int) -> int:
-  """The smallest `n` of all processes (`n` itself on one process)."""
-  if jax.process_count() == 1:
-    return int(n)
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return int(np.min(multihost_utils.process_allgather(np.array(n))))
-
-
 def cache_features(run: Run, model: Any, variables: Any, split: str,
                    folder: str) -> tuple[str, str, int]:
   """`h` and labels of this process's part of `split`, on disk, once.
@@ -396,7 +388,7 @@ def train_linear_head(run: Run, model: Any, variables: Any, *,
                                           features_folder)
     # The rows cached (images that fail to decode are left out); every
     # process takes as many steps as the one with the fewest.
-    num_examples = _fewest_over_processes(rows) * jax.process_count()
+    num_examples = parallel.min_over_processes(rows) * jax.process_count()
     stats = _feature_stats(path_h)
   counts = [num_examples // jax.process_count()] * jax.process_count()
   spe = max(min(counts) // local, 1)
