@@ -1,13 +1,15 @@
 r"""Which XLA CPU settings make the real SimCLR train step fastest; prints JSON.
 
     python bench/cpu_speed.py                       # every variant, 2 rounds
-    python bench/cpu_speed.py --variants=dev2,dev8_ynnpack,lightly --batch=128
+    python bench/cpu_speed.py --variants=dev1,dev2_no_materialize,dev8_ynnpack,lightly --batch=128
     python bench/cpu_speed.py --list                # names and what they set
-    python bench/cpu_speed.py --profile=dev2        # where the time goes
+    python bench/cpu_speed.py --profile=dev1        # where the time goes
 
-`dev2` is the default set-up of `train_and_evaluate` on CPU (train.cpu_devices
-= 2, XLA's own convolutions); `dev8_ynnpack` the one before it (8 devices,
-jaxlib 0.10's YNNPACK convolutions).
+`dev1` is the default set-up of `train_and_evaluate` on CPU (train.cpu_devices
+= 1, XLA's own convolutions, conv weight gradients from stored copies:
+train.cpu_materialize_conv_inputs); `dev2_no_materialize` the one before it
+(2 devices); `dev8_ynnpack` the one before that (8 devices, jaxlib 0.10's
+YNNPACK convolutions).
 
 The variant `lightly` is the peer: lightly 1.6's SimCLR step on PyTorch's
 CPU build (ResNet-18, CIFAR stem, 512-2048-128 head, LARS; random views, no
@@ -73,6 +75,10 @@ VARIANTS = {
     'dev8_ynnpack': (8, [], ['--cpu_ynnpack_convs']),
     'dev2_ynnpack': (2, [], ['--cpu_ynnpack_convs']),
     'dev2_ynn_off': (2, ['--xla_cpu_experimental_ynn_fusion_type='], []),
+    # Conv weight gradients that recompute BatchNorm/ReLU inside XLA's
+    # transposes (the default before train.cpu_materialize_conv_inputs).
+    'dev2_no_materialize': (2, [], ['--no_materialize']),
+    'dev1_no_materialize': (1, [], ['--no_materialize']),
     'dev8_onednn_fusion': (8, ['--xla_cpu_experimental_onednn_fusion_type='
                                'dot,eltwise,reduce'], []),
     'dev8_vec512': (8, ['--xla_cpu_prefer_vector_width=512'], []),
@@ -88,7 +94,8 @@ VARIANTS = {
 # The peer (lightly 1.6 on PyTorch CPU), run beside ours in the same rounds
 # when its environment exists (bash ../shared/peers/setup_lightly.sh).
 PEER = 'lightly'
-DEFAULT_VARIANTS = ('dev2,dev1,dev4,dev8,dev2_ynnpack,dev8_ynnpack,'
+DEFAULT_VARIANTS = ('dev1,dev1_no_materialize,dev2,dev2_no_materialize,dev4,'
+                    'dev8,dev2_ynnpack,dev8_ynnpack,'
                     'dev2_ynn_off,dev8_onednn,dev8_onednn_cc,'
                     'dev8_xnn,dev8_onednn_fusion,dev8_vec512,dev8_fast_math,'
                     'dev8_bf16,dev8_vmap,'
@@ -247,7 +254,7 @@ def summarize_trace(trace_dir):
 def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--variants', default=DEFAULT_VARIANTS)
-  p.add_argument('--baseline', default='dev2')
+  p.add_argument('--baseline', default='dev1')
   p.add_argument('--rounds', type=int, default=2)
   p.add_argument('--batch', type=int, default=128)
   p.add_argument('--steps', type=int, default=3)

@@ -74,6 +74,10 @@ def _parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--cpu_ynnpack_convs', action='store_true',
                  help="keep jaxlib's YNNPACK convolutions on CPU (config "
                       'train.cpu_ynnpack_convs; default: XLA\'s own)')
+  p.add_argument('--no_materialize', action='store_true',
+                 help='train.cpu_materialize_conv_inputs=False: let XLA CPU '
+                      'recompute BatchNorm/ReLU inside the transposes of the '
+                      'conv weight gradients (the default before)')
   p.add_argument('--augment_strategy', default='auto',
                  choices=('auto', 'map', 'vmap'),
                  help='config.augment.strategy')
@@ -179,6 +183,7 @@ def case_config(case: str, args: argparse.Namespace) -> tuple[Any, int, tuple]:
   config.model.dtype = args.dtype
   config.optim.warmup_epochs = 0.0
   config.augment.strategy = args.augment_strategy
+  config.train.cpu_materialize_conv_inputs = not args.no_materialize
   if args.proj_layers:
     config.model.num_proj_layers = args.proj_layers
   if case == 'r18_32':

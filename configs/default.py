@@ -134,14 +134,20 @@ def get_config() -> ml_collections.ConfigDict:
   # Shard over this many devices; 0 means every device of every process.
   train.num_devices = 0
   # On CPU without a device count in XLA_FLAGS, split the host into this
-  # many XLA devices; 0 leaves XLA alone. 2 was fastest on a 2-core machine
-  # (1, 2, 4, 8: bench/cpu_speed.py); each device's convolutions use every
-  # core.
-  train.cpu_devices = 2
+  # many XLA devices; 0 leaves XLA alone. 1 was fastest on a 2-core machine
+  # (bench/cpu_speed.py: dev1 against dev2, dev4, dev8): each device's
+  # convolutions and fusions already use every core. More devices run the
+  # sharded step (global BatchNorm, all-gathered negatives) on one host.
+  train.cpu_devices = 1
   # On CPU, keep jaxlib 0.10's YNNPACK convolutions; False (the default) uses
   # XLA's own multi-threaded ones, 1.3x faster train steps measured here
   # (parallel.cpu_xla_flags).
   train.cpu_ynnpack_convs = False
+  # On CPU, convolution weight gradients read stored copies of their inputs
+  # and output gradients instead of recomputing BatchNorm and ReLU inside
+  # XLA's transposing copies (simclr_jax/models/conv.py): same values, a
+  # faster step (bench/cpu_speed.py: dev2 against dev2_no_materialize).
+  train.cpu_materialize_conv_inputs = True
   # Resume even when the config changes what the run computes (batch,
   # schedule, data, augmentation, model, loss, seed); normally refused.
   train.allow_config_change = False

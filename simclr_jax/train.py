@@ -146,6 +146,17 @@ class Setup:
     return parallel.replicate(self.train_key, self.mesh)
 
 
+def materialize_conv_inputs(config: Any, mesh: jax.sharding.Mesh) -> bool:
+  """Whether the model's conv weight gradients read stored copies.
+
+  True on CPU meshes unless `train.cpu_materialize_conv_inputs` is off:
+  XLA CPU otherwise recomputes BatchNorm and ReLU inside slow transposing
+  copies (`models/conv.py`). Never elsewhere (it would only add copies).
+  """
+  return (parallel.platform(mesh) == 'cpu'
+          and bool(config.train.get('cpu_materialize_conv_inputs', True)))
+
+
 def build(config: Any, mesh: jax.sharding.Mesh, *, num_classes: int,
           total_steps: int, steps_per_epoch: int) -> Setup:
   """Builds the model, optimiser, keys and jitted train step of `config`.
@@ -160,8 +171,9 @@ def build(config: Any, mesh: jax.sharding.Mesh, *, num_classes: int,
   Returns:
     A `Setup`. Nothing is computed on the devices until `init_state`.
   """
-  model = models.create_model(config.model, num_classes=num_classes,
-                              axis_name=AXIS)
+  model = models.create_model(
+      config.model, num_classes=num_classes, axis_name=AXIS,
+      materialize_conv_inputs=materialize_conv_inputs(config, mesh))
   tx, schedule = optim.create_optimizer(config, total_steps, steps_per_epoch)
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
   train_step = make_train_step(model, tx, config, mesh, schedule, num_classes)

@@ -34,7 +34,7 @@ HISTORY_DIR = 'config_history'
 FREE_FIELDS = (
     'train.log_every_steps', 'train.checkpoint_every_steps',
     'train.keep_checkpoints', 'train.num_devices', 'train.cpu_devices',
-    'train.cpu_ynnpack_convs',
+    'train.cpu_ynnpack_convs', 'train.cpu_materialize_conv_inputs',
     'train.allow_config_change',
     'data.prefetch', 'data.num_parallel_calls', 'data.cache',
     'data.data_dir',  # The same data may move; its size is checked apart.

@@ -198,6 +198,7 @@ BAD_VALUES = {
     'train.checkpoint_every_steps': ['0'],
     'train.cpu_devices': ['-1'],
     'train.cpu_ynnpack_convs': ['maybe'],
+    'train.cpu_materialize_conv_inputs': ['maybe'],
     'train.global_batch_size': ['0', '-16', '1.5'],
     'train.keep_checkpoints': ['-1'],
     'train.log_every_steps': ['0'],

@@ -41,6 +41,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from simclr_jax.models import conv as conv_lib
+
 DEPTHS = (18, 34, 50, 101, 152, 200)
 STEMS = ('imagenet', 'cifar')
 
@@ -111,19 +113,23 @@ def batch_norm(train: bool, momentum: float, epsilon: float, dtype: Any,
 
 
 def _conv(features: int, kernel_size: int, strides: int, dtype: Any,
-          name: str) -> nn.Module:
+          name: str, materialize: bool = False) -> nn.Module:
   """Bias-free k x k conv with google's fixed symmetric padding.
 
   Pads (k - 1) // 2 before and the rest after, so a stride-s conv maps
   (N, H, W, Cin) to (N, ceil(H / s), ceil(W / s), features) and stride 1 is
-  'SAME'. Computes in `dtype`; the kernel is float32.
+  'SAME'. Computes in `dtype`; the kernel is float32. `materialize`: the
+  weight gradient reads a stored copy of the input (`conv.py`, for XLA CPU);
+  same values.
   """
   k = kernel_size
   before = (k - 1) // 2
   pad = ((before, k - 1 - before), (before, k - 1 - before))
   return nn.Conv(features, (k, k), strides=(strides, strides), padding=pad,
                  use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-                 kernel_init=conv_kernel_init(), name=name)
+                 kernel_init=conv_kernel_init(), name=name,
+                 conv_general_dilated=(conv_lib.conv_general_dilated
+                                       if materialize else None))
 
 
 class SKConv(nn.Module):
@@ -140,25 +146,28 @@ class SKConv(nn.Module):
     sk_ratio: width of the attention layer relative to `features`.
     norm: BatchNorm constructor (partial of `nn.BatchNorm`).
     dtype: compute dtype.
+    materialize_conv_inputs: see `ResNet`.
   """
   features: int
   strides: int
   sk_ratio: float
   norm: ModuleDef
   dtype: Any = jnp.float32
+  materialize_conv_inputs: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, H, W, Cin) -> (N, H / s, W / s, features) in the compute dtype."""
     f = self.features
-    y = _conv(2 * f, 3, self.strides, self.dtype, 'conv')(x)
+    m = self.materialize_conv_inputs
+    y = _conv(2 * f, 3, self.strides, self.dtype, 'conv', m)(x)
     y = nn.relu(self.norm(name='bn')(y))
     streams = jnp.stack(jnp.split(y, 2, axis=-1))  # (2, N, H, W, f)
     pooled = jnp.mean(jnp.sum(streams, axis=0), axis=(1, 2), keepdims=True)
     mid = max(int(f * self.sk_ratio), SK_MIN_DIM)
-    a = _conv(mid, 1, 1, self.dtype, 'attention_conv1')(pooled)
+    a = _conv(mid, 1, 1, self.dtype, 'attention_conv1', m)(pooled)
     a = nn.relu(self.norm(name='attention_bn')(a))
-    a = _conv(2 * f, 1, 1, self.dtype, 'attention_conv2')(a)
+    a = _conv(2 * f, 1, 1, self.dtype, 'attention_conv2', m)(a)
     weights = jax.nn.softmax(
         jnp.stack(jnp.split(a, 2, axis=-1)).astype(jnp.float32), axis=0)
     return jnp.sum(streams * weights.astype(streams.dtype), axis=0)
@@ -175,6 +184,7 @@ class Shortcut(nn.Module):
   norm: ModuleDef
   resnet_d: bool = False
   dtype: Any = jnp.float32
+  materialize_conv_inputs: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -187,9 +197,11 @@ class Shortcut(nn.Module):
       else:
         x = nn.avg_pool(x, (2, 2), strides=(1, 1), padding='SAME',
                         count_include_pad=False)
-      x = _conv(self.features, 1, 1, self.dtype, 'conv')(x)
+      x = _conv(self.features, 1, 1, self.dtype, 'conv',
+                self.materialize_conv_inputs)(x)
     else:
-      x = _conv(self.features, 1, self.strides, self.dtype, 'conv')(x)
+      x = _conv(self.features, 1, self.strides, self.dtype, 'conv',
+                self.materialize_conv_inputs)(x)
     return self.norm(name='bn')(x)
 
 
@@ -205,6 +217,7 @@ def _residual_parts(block: nn.Module, x: jax.Array, features: int):
   if block.projection or block.strides != 1 or x.shape[-1] != features:
     shortcut = Shortcut(features, block.strides, block.norm,
                         resnet_d=block.sk_ratio > 0, dtype=block.dtype,
+                        materialize_conv_inputs=block.materialize_conv_inputs,
                         name='shortcut')(x)
   last_init = (nn.initializers.zeros if block.zero_init_residual
                else nn.initializers.ones)
@@ -223,6 +236,7 @@ class BasicBlock(nn.Module):
     dtype: compute dtype.
     projection: always use a projection shortcut (the first block of a
       stage); one is used anyway when the stride or the width changes.
+    materialize_conv_inputs: see `ResNet`.
   """
   filters: int
   strides: int
@@ -231,14 +245,16 @@ class BasicBlock(nn.Module):
   sk_ratio: float = 0.0
   dtype: Any = jnp.float32
   projection: bool = False
+  materialize_conv_inputs: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, H, W, Cin) -> (N, H / s, W / s, filters)."""
     shortcut, last_init = _residual_parts(self, x, self.filters)
-    y = _conv(self.filters, 3, self.strides, self.dtype, 'conv1')(x)
+    m = self.materialize_conv_inputs
+    y = _conv(self.filters, 3, self.strides, self.dtype, 'conv1', m)(x)
     y = nn.relu(self.norm(name='bn1')(y))
-    y = _conv(self.filters, 3, 1, self.dtype, 'conv2')(y)
+    y = _conv(self.filters, 3, 1, self.dtype, 'conv2', m)(y)
     y = self.norm(name='bn2', scale_init=last_init)(y)
     return nn.relu(y + shortcut)
 
@@ -256,21 +272,24 @@ class BottleneckBlock(nn.Module):
   sk_ratio: float = 0.0
   dtype: Any = jnp.float32
   projection: bool = False
+  materialize_conv_inputs: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, H, W, Cin) -> (N, H / s, W / s, 4 * filters)."""
     out = BOTTLENECK_EXPANSION * self.filters
     shortcut, last_init = _residual_parts(self, x, out)
-    y = _conv(self.filters, 1, 1, self.dtype, 'conv1')(x)
+    m = self.materialize_conv_inputs
+    y = _conv(self.filters, 1, 1, self.dtype, 'conv1', m)(x)
     y = nn.relu(self.norm(name='bn1')(y))
     if self.sk_ratio > 0:
       y = SKConv(self.filters, self.strides, self.sk_ratio, self.norm,
-                 dtype=self.dtype, name='sk_conv')(y)
+                 dtype=self.dtype, materialize_conv_inputs=m,
+                 name='sk_conv')(y)
     else:
-      y = _conv(self.filters, 3, self.strides, self.dtype, 'conv2')(y)
+      y = _conv(self.filters, 3, self.strides, self.dtype, 'conv2', m)(y)
       y = nn.relu(self.norm(name='bn2')(y))
-    y = _conv(out, 1, 1, self.dtype, 'conv3')(y)
+    y = _conv(out, 1, 1, self.dtype, 'conv3', m)(y)
     y = self.norm(name='bn3', scale_init=last_init)(y)
     return nn.relu(y + shortcut)
 
@@ -296,6 +315,11 @@ class ResNet(nn.Module):
       pass recomputes a block's activations instead of keeping them, so
       training needs less memory for about one more forward pass of compute.
       Same parameters, outputs and gradients.
+    materialize_conv_inputs: every conv's weight gradient reads a stored copy
+      of the conv's input instead of recomputing it inside XLA CPU's
+      transposing copy (`models/conv.py`): same values, a faster backward
+      pass on CPU, one extra copy per conv elsewhere. The train step sets it
+      on CPU (`train.cpu_materialize_conv_inputs`).
   """
   depth: int = 50
   width_multiplier: int = 1
@@ -308,6 +332,7 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   axis_name: str | None = None
   remat: bool = False
+  materialize_conv_inputs: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -333,20 +358,21 @@ class ResNet(nn.Module):
                       self.axis_name)
     width = self.base_width * self.width_multiplier
     dtype = self.dtype
+    m = self.materialize_conv_inputs
 
     if self.stem == 'cifar':
-      x = _conv(width, 3, 1, dtype, 'stem_conv')(x)
+      x = _conv(width, 3, 1, dtype, 'stem_conv', m)(x)
       x = nn.relu(norm(name='stem_bn')(x))
     else:
       if self.sk_ratio > 0:  # ResNet-D stem: three 3x3 convs.
-        x = _conv(width // 2, 3, 2, dtype, 'stem_conv1')(x)
+        x = _conv(width // 2, 3, 2, dtype, 'stem_conv1', m)(x)
         x = nn.relu(norm(name='stem_bn1')(x))
-        x = _conv(width // 2, 3, 1, dtype, 'stem_conv2')(x)
+        x = _conv(width // 2, 3, 1, dtype, 'stem_conv2', m)(x)
         x = nn.relu(norm(name='stem_bn2')(x))
-        x = _conv(width, 3, 1, dtype, 'stem_conv3')(x)
+        x = _conv(width, 3, 1, dtype, 'stem_conv3', m)(x)
         x = nn.relu(norm(name='stem_bn3')(x))
       else:
-        x = _conv(width, 7, 2, dtype, 'stem_conv')(x)
+        x = _conv(width, 7, 2, dtype, 'stem_conv', m)(x)
         x = nn.relu(norm(name='stem_bn')(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
 
@@ -360,7 +386,7 @@ class ResNet(nn.Module):
             strides=2 if (stage > 0 and b == 0) else 1,
             norm=norm, zero_init_residual=self.zero_init_residual,
             sk_ratio=self.sk_ratio, dtype=dtype, projection=b == 0,
-            name=f'stage{stage + 1}_block{b}')(x)
+            materialize_conv_inputs=m, name=f'stage{stage + 1}_block{b}')(x)
     h = jnp.mean(x, axis=(1, 2), dtype=jnp.float32)
     chex.assert_shape(
         h, (x.shape[0], feature_dim(self.depth, self.width_multiplier,

@@ -38,6 +38,8 @@ class SimCLRModel(nn.Module):
     axis_name: mapped axis (e.g. 'batch' under `jax.shard_map`) over which
       every BatchNorm averages its statistics when train=True (global BN).
     remat: rematerialise the encoder's residual blocks (see `resnet.ResNet`).
+    materialize_conv_inputs: the encoder's weight gradients read stored
+      copies (see `resnet.ResNet`; CPU speed, same values).
   """
   depth: int = 50
   width_multiplier: int = 1
@@ -53,6 +55,7 @@ class SimCLRModel(nn.Module):
   dtype: Any = jnp.float32
   axis_name: str | None = None
   remat: bool = False
+  materialize_conv_inputs: bool = False
 
   def setup(self):
     self.encoder = resnet.ResNet(
@@ -60,7 +63,8 @@ class SimCLRModel(nn.Module):
         base_width=self.base_width, stem=self.stem, sk_ratio=self.sk_ratio,
         zero_init_residual=self.zero_init_residual,
         bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-        dtype=self.dtype, axis_name=self.axis_name, remat=self.remat)
+        dtype=self.dtype, axis_name=self.axis_name, remat=self.remat,
+        materialize_conv_inputs=self.materialize_conv_inputs)
     self.projection_head = heads.ProjectionHead(
         num_layers=self.num_proj_layers, out_dim=self.proj_out_dim,
         bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
