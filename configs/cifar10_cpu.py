@@ -23,9 +23,9 @@ then all 50,000 training images are trained on, nothing is held out).
 Measured (the command above, with data_dir the CIFAR-10 training split of
 ../shared/data unpacked; 2 virtual cores of an Intel Xeon with AVX-512,
 24 GiB, no accelerator; commit 78e8b14, when the CPU default was 8 XLA
-devices with YNNPACK convolutions; today's CPU defaults run the train step
-of bench/cpu_speed.py 2-3x faster, so expect well under the hour), on the
-5,000 held-out images:
+devices with YNNPACK convolutions; today's CPU defaults ran the train step
+of bench/cpu_speed.py 2.2x as fast on a 2-core AMD EPYC, dev1 against
+dev8_ynnpack, so expect well under the hour), on the 5,000 held-out images:
   final_knn_accuracy 0.5006     final_knn_accuracy_random_init 0.3092
   final_probe_accuracy 0.5456   final_probe_accuracy_random_init 0.3538
   train_seconds 3759 (first loss 11.86, last 10.19; the whole command 66 min,

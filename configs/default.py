@@ -146,7 +146,7 @@ def get_config() -> ml_collections.ConfigDict:
   # On CPU, convolution weight gradients read stored copies of their inputs
   # and output gradients instead of recomputing BatchNorm and ReLU inside
   # XLA's transposing copies (simclr_jax/models/conv.py): same values, a
-  # faster step (bench/cpu_speed.py: dev2 against dev2_no_materialize).
+  # faster step (bench/cpu_speed.py: dev1 against dev1_no_materialize).
   train.cpu_materialize_conv_inputs = True
   # Resume even when the config changes what the run computes (batch,
   # schedule, data, augmentation, model, loss, seed); normally refused.

@@ -105,6 +105,7 @@ class Classifier(nn.Module):
   proj_layers: int
   num_classes: int
   axis_name: str | None = None
+  materialize_conv_inputs: bool = False  # As `resnet.ResNet`'s.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -116,7 +117,9 @@ class Classifier(nn.Module):
         base_width=c.base_width, stem=c.stem, sk_ratio=float(c.sk_ratio),
         zero_init_residual=bool(c.zero_init_residual),
         bn_momentum=float(c.bn_momentum), bn_epsilon=float(c.bn_epsilon),
-        dtype=dtype, axis_name=self.axis_name, name='encoder')(x, train=train)
+        dtype=dtype, axis_name=self.axis_name,
+        materialize_conv_inputs=self.materialize_conv_inputs,
+        name='encoder')(x, train=train)
     if self.proj_layers > 0:
       h = heads.ProjectionHead(
           num_layers=self.proj_layers, out_dim=c.proj_out_dim,
@@ -296,8 +299,12 @@ def finetune(config: Any, workdir: str) -> dict[str, Any]:
     spe = parallel.min_over_processes(max(len(labels) // local, 1))
     total = max(int(math.ceil(float(section.epochs) * spe)), 1)
     tx, schedule = _optimizer(section, total)
-    classifier = Classifier(config.model, int(section.from_proj_layer),
-                            run.info.num_classes, axis_name=AXIS)
+    from simclr_jax import train  # pylint: disable=g-import-not-at-top
+    classifier = Classifier(
+        config.model, int(section.from_proj_layer), run.info.num_classes,
+        axis_name=AXIS,
+        materialize_conv_inputs=train.materialize_conv_inputs(config,
+                                                              run.mesh))
     state = _init_state(classifier, tx, pretrained, int(config.image_size),
                         run.mesh)
     manager, state = checkpoint.resume_or_start(

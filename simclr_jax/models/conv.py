@@ -20,9 +20,9 @@ convolutions run on the same numbers); only where the transposed operand
 comes from changes. Pass it to `flax.linen.Conv(conv_general_dilated=...)`.
 
 The copies cost a read and a write of the layer's input and output
-gradient per step; on
-accelerators (whose convolutions take any layout) it would be pure cost, so
-the model uses it on CPU only (`train.cpu_materialize_conv_inputs`).
+gradient per step; on accelerators (whose convolutions take any layout) that
+would be pure cost, so the model uses it on CPU only
+(`train.cpu_materialize_conv_inputs`; pretraining and fine-tuning).
 """
 
 import functools
