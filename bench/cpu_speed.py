@@ -79,6 +79,9 @@ VARIANTS = {
     # transposes (the default before train.cpu_materialize_conv_inputs).
     'dev2_no_materialize': (2, [], ['--no_materialize']),
     'dev1_no_materialize': (1, [], ['--no_materialize']),
+    # Stored operands but XLA's own gradients of strided convs (the default
+    # before models/conv.py's sub-pixel input gradients, 2026-12-03).
+    'dev1_no_strided_forms': (1, [], ['--no_strided_forms']),
     'dev8_onednn_fusion': (8, ['--xla_cpu_experimental_onednn_fusion_type='
                                'dot,eltwise,reduce'], []),
     'dev8_vec512': (8, ['--xla_cpu_prefer_vector_width=512'], []),

@@ -78,6 +78,11 @@ def _parse_args(argv=None) -> argparse.Namespace:
                  help='train.cpu_materialize_conv_inputs=False: let XLA CPU '
                       'recompute BatchNorm/ReLU inside the transposes of the '
                       'conv weight gradients (the default before)')
+  p.add_argument('--no_strided_forms', action='store_true',
+                 help='with the stored operands, but XLA\'s own input '
+                      'gradient of strided convs and weight gradient of '
+                      'strided 1x1 convs (models/conv.py '
+                      'STRIDED_GRADIENT_FORMS; the default before)')
   p.add_argument('--augment_strategy', default='auto',
                  choices=('auto', 'map', 'vmap'),
                  help='config.augment.strategy')
@@ -86,6 +91,11 @@ def _parse_args(argv=None) -> argparse.Namespace:
                       'centre 32x32 (to time the step without it)')
   p.add_argument('--proj_layers', type=int, default=0,
                  help='model.num_proj_layers (0: config default, 3)')
+  p.add_argument('--matmul_rate', action='store_true',
+                 help='also time a float32 4096x4096 matmul on the first '
+                      'device (best of 5) and report each step\'s FLOP rate '
+                      'as a fraction of it: how close a CPU step is to '
+                      'compute-bound')
   p.add_argument('--profile_dir', default='',
                  help='also write a jax.profiler trace of 2 steps here')
   p.add_argument('--hlo_stats', action='store_true',
@@ -147,6 +157,7 @@ from configs import default
 from simclr_jax import models
 from simclr_jax import parallel
 from simclr_jax import train
+from simclr_jax.models import conv as conv_lib
 
 if __name__ == '__main__':
   # CPU devices and convolution kernels exactly as train_and_evaluate sets
@@ -184,6 +195,8 @@ def case_config(case: str, args: argparse.Namespace) -> tuple[Any, int, tuple]:
   config.optim.warmup_epochs = 0.0
   config.augment.strategy = args.augment_strategy
   config.train.cpu_materialize_conv_inputs = not args.no_materialize
+  if args.no_strided_forms:
+    conv_lib.STRIDED_GRADIENT_FORMS = False
   if args.proj_layers:
     config.model.num_proj_layers = args.proj_layers
   if case == 'r18_32':
@@ -317,12 +330,15 @@ def run_case(case: str, args: argparse.Namespace, mesh: jax.sharding.Mesh,
       for i in range(2):
         jax.block_until_ready((one_step(i), state))
   times = []
+  cpu_times = []  # This process's CPU seconds (all threads) per step.
   metrics = None
   for i in range(args.steps):
     t0 = time.perf_counter()
+    c0 = time.process_time()
     metrics = one_step(i)
     jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - t0)
+    cpu_times.append(time.process_time() - c0)
   loss = float(jax.device_get(metrics['loss']))
 
   mean_s = statistics.fmean(times)
@@ -349,6 +365,9 @@ def run_case(case: str, args: argparse.Namespace, mesh: jax.sharding.Mesh,
       'step_time_mean_ms': 1e3 * mean_s,
       'step_time_median_ms': 1e3 * median_s,
       'step_time_min_ms': 1e3 * min(times),
+      # CPU seconds this process spent per step (median), all threads: on a
+      # CPU backend, how many cores the step kept busy.
+      'step_process_cpu_s_median': statistics.median(cpu_times),
       'compile_s': compile_s,
       'lower_s': lower_s,
       'init_s': init_s,
@@ -482,6 +501,19 @@ def torch_step_record(args: argparse.Namespace) -> dict[str, Any]:
   }
 
 
+def matmul_tflops(device: Any, n: int = 4096, reps: int = 5) -> float:
+  """TFLOP/s of a float32 (n, n) x (n, n) matmul on `device`, best of reps."""
+  a = jax.device_put(np.ones((n, n), np.float32), device)
+  mm = jax.jit(lambda x, y: x @ y)
+  jax.block_until_ready(mm(a, a))
+  best = float('inf')
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(mm(a, a))
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n ** 3 / best / 1e12
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
   if args.dtype == 'auto':
     args.dtype = ('float32' if jax.devices()[0].platform == 'cpu'
@@ -511,6 +543,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                  'step time; no input pipeline'),
       'cases': [run_case(c, args, mesh, peak) for c in args.cases],
   }
+  if args.matmul_rate:
+    rate = matmul_tflops(device)
+    result['matmul_tflops_float32'] = rate
+    for case in result['cases']:
+      # The whole step's FLOP rate (all devices share the host's cores on
+      # CPU) over the rate of one large matmul.
+      flops = case['flops_per_step']
+      case['step_flop_rate_over_matmul'] = (
+          None if flops is None
+          else flops / (case['step_time_median_ms'] / 1e3) / 1e12 / rate)
   if args.compare_torch:
     try:
       import torch  # pylint: disable=import-outside-toplevel,unused-import

@@ -143,10 +143,13 @@ def get_config() -> ml_collections.ConfigDict:
   # XLA's own multi-threaded ones, 1.3x faster train steps measured here
   # (parallel.cpu_xla_flags).
   train.cpu_ynnpack_convs = False
-  # On CPU, convolution weight gradients read stored copies of their inputs
-  # and output gradients instead of recomputing BatchNorm and ReLU inside
-  # XLA's transposing copies (simclr_jax/models/conv.py): same values, a
-  # faster step (bench/cpu_speed.py: dev1 against dev1_no_materialize).
+  # On CPU, convolution gradients in the forms of simclr_jax/models/conv.py:
+  # weight gradients read stored copies of their inputs and output gradients
+  # instead of recomputing BatchNorm and ReLU inside XLA's transposing copies
+  # (same values), and strided convs' input gradients skip the zeros XLA
+  # dilates into them (equal to float rounding): a faster step
+  # (bench/cpu_speed.py: dev1 against dev1_no_strided_forms and
+  # dev1_no_materialize).
   train.cpu_materialize_conv_inputs = True
   # Resume even when the config changes what the run computes (batch,
   # schedule, data, augmentation, model, loss, seed); normally refused.

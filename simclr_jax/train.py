@@ -147,11 +147,12 @@ class Setup:
 
 
 def materialize_conv_inputs(config: Any, mesh: jax.sharding.Mesh) -> bool:
-  """Whether the model's conv weight gradients read stored copies.
+  """Whether the model's convs use `models/conv.py`'s CPU gradient forms.
 
   True on CPU meshes unless `train.cpu_materialize_conv_inputs` is off:
   XLA CPU otherwise recomputes BatchNorm and ReLU inside slow transposing
-  copies (`models/conv.py`). Never elsewhere (it would only add copies).
+  copies and multiplies the zeros of dilated output gradients
+  (`models/conv.py`). Never elsewhere (it would only add copies).
   """
   return (parallel.platform(mesh) == 'cpu'
           and bool(config.train.get('cpu_materialize_conv_inputs', True)))

@@ -1,28 +1,41 @@
-"""A convolution whose weight gradient reads a materialised input (XLA CPU).
+"""Convolution gradients in forms that XLA's CPU backend runs faster.
 
-XLA's CPU backend computes the weight gradient of a convolution as another
-convolution whose "batch" is the input channels, so it transposes the layer's
-input from (N, H, W, C) to (C, H, W, N) and the output gradient from
-(N, H, W, F) to (H, W, N, F). In a ResNet both are elementwise functions of
-other tensors (BatchNorm's affine map and a ReLU plus the residual sum; the
-BatchNorm backward), and XLA fuses those functions into the transposing
-copies: the fused loop then walks its sources with a stride of H * W * C and
-runs several times slower than a plain transpose of a stored array (XLA
-tiles plain transposes). On 2 CPU cores these fused transposes were the
-largest item of the ResNet-18 train step's profile.
+`conv_general_dilated` is `lax.conv_general_dilated` (same forward pass,
+bit for bit) with a custom VJP that changes how two of its three
+convolutions are computed:
 
-`conv_general_dilated` is `lax.conv_general_dilated` with a custom VJP that
-hands the weight-gradient convolution copies of its two operands made by a
-`lax.cond`: XLA cannot fuse across a conditional, so the transposes read
-stored arrays. The forward pass, the input gradient and every value are those
-of `lax.conv_general_dilated` (bit-identical in float32: the same
-convolutions run on the same numbers); only where the transposed operand
-comes from changes. Pass it to `flax.linen.Conv(conv_general_dilated=...)`.
+1. Weight gradients read stored operands. XLA's CPU backend computes the
+   weight gradient of a convolution as another convolution whose "batch" is
+   the input channels, so it transposes the layer's input from (N, H, W, C)
+   to (C, H, W, N) and the output gradient from (N, H, W, F) to
+   (H, W, N, F). In a ResNet both are elementwise functions of other tensors
+   (BatchNorm's affine map and a ReLU plus the residual sum; the BatchNorm
+   backward), and XLA fuses those functions into the transposing copies: the
+   fused loop then walks its sources with a stride of H * W * C and runs
+   several times slower than a plain transpose of a stored array (XLA tiles
+   plain transposes). Here the weight-gradient convolution gets copies of
+   its two operands made by a `lax.cond` (`materialize`): XLA cannot fuse
+   across a conditional, so the transposes read stored arrays. Same
+   convolution on the same numbers: bit-identical values.
 
-The copies cost a read and a write of the layer's input and output
-gradient per step; on accelerators (whose convolutions take any layout) that
-would be pure cost, so the model uses it on CPU only
-(`train.cpu_materialize_conv_inputs`; pretraining and fine-tuning).
+2. Strided convolutions (stage transitions and projection shortcuts, with
+   `STRIDED_GRADIENT_FORMS`): XLA computes the input gradient of a stride-s
+   conv as one convolution over the output gradient dilated with s - 1 zeros
+   between rows and columns, s * s as many multiply-adds as needed, most of
+   them with zeros. `strided_input_gradient` computes each residue class of
+   input positions (y % s, x % s) as a stride-1 conv with the kernel taps
+   that reach it, and interleaves the classes (the "sub-pixel" form). The
+   weight gradient of a strided 1x1 conv is one matmul of the subsampled
+   input with the output gradient. Same sums in another order: equal to
+   XLA's to float rounding (tests/test_conv.py checks both against a float64
+   reference).
+
+On 2 CPU cores (bench/cpu_speed.py) the copies made ResNet-18's train step
+1.22x as fast, and the strided forms about 1.06x more. On accelerators,
+whose convolutions take any layout, the copies would be pure cost, so the
+model uses this module on CPU only (`train.cpu_materialize_conv_inputs`;
+pretraining and fine-tuning). Pass it to
+`flax.linen.Conv(conv_general_dilated=...)`.
 """
 
 import functools
@@ -30,6 +43,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 
@@ -89,12 +103,115 @@ def _conv_fwd(static, lhs, rhs):
   return _plain(static, lhs, rhs), (lhs, rhs)
 
 
+# False: XLA's own input gradients for strided convs and weight gradients for
+# strided 1x1 convs (item 2 of the module docstring off; the default before
+# 2026-12-03). Read when a step is traced; a knob for the benches
+# (bench/train_bench.py --no_strided_forms) and tests.
+STRIDED_GRADIENT_FORMS = True
+
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _simple(static: tuple, lhs: jax.Array, rhs: jax.Array) -> bool:
+  """Explicit padding, no dilation, flax's NHWC/HWIO layout."""
+  _, padding, lhs_dil, rhs_dil, dn, _, _ = static
+  if isinstance(padding, str) or lhs_dil not in (None, (1, 1)):
+    return False
+  if rhs_dil not in (None, (1, 1)) or lhs.ndim != 4:
+    return False
+  return (lax.conv_dimension_numbers(lhs.shape, rhs.shape, dn) ==
+          lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
+
+
+def _residue_taps(size: int, k: int, s: int, lo: int, r: int):
+  """Kernel taps that reach input rows y = s * a + r, ordered by offset.
+
+  Forward: y = s * o + i - lo for output row o and tap i. For y = s * a + r
+  the taps are the i with (r + lo - i) % s == 0, each reading output row
+  o = a + (r + lo - i) // s. Returns (taps, first offset, number of such y)
+  or None when no tap reaches them (k < s).
+  """
+  taps = sorted((i for i in range(k) if (r + lo - i) % s == 0),
+                key=lambda i: (r + lo - i) // s)
+  if not taps:
+    return None
+  return taps, (r + lo - taps[0]) // s, len(range(r, size, s))
+
+
+def strided_input_gradient(g: jax.Array, rhs: jax.Array,
+                           input_shape: Sequence[int],
+                           strides: Sequence[int],
+                           padding: Sequence[tuple[int, int]]) -> jax.Array:
+  """Input gradient of a strided conv as s*s stride-1 convs (sub-pixel form).
+
+  For y = conv(x, rhs, strides, padding) (NHWC x of `input_shape`, HWIO rhs,
+  explicit padding, no dilation), returns the gradient (N, H, W, C) of the
+  loss for x given its gradient `g` (N, Ho, Wo, F) for y. XLA computes it
+  as one convolution over g dilated by zeros (s*s as many multiply-adds as
+  needed, most of them with zeros); here each residue class (y % sh, x % sw)
+  of input positions is a stride-1 conv of g with the kernel taps that reach
+  it, and the classes are interleaved. Same sums in another order: equal to
+  XLA's to float rounding.
+  """
+  n, h, w, c = input_shape
+  kh, kw = rhs.shape[:2]
+  sh, sw = strides
+  per_dim = [[_residue_taps(size, k, s, pad[0], r) for r in range(s)]
+             for size, k, s, pad in ((h, kh, sh, padding[0]),
+                                     (w, kw, sw, padding[1]))]
+  rows, cols = -(-h // sh), -(-w // sw)
+  blocks = []
+  for th in per_dim[0]:
+    row = []
+    for tw in per_dim[1]:
+      if th is None or tw is None:
+        row.append(jnp.zeros((n, rows, cols, c), g.dtype))
+        continue
+      kernel = rhs[np.array(th[0])][:, np.array(tw[0])]  # (th, tw, C, F)
+      kernel = jnp.swapaxes(kernel, 2, 3).astype(g.dtype)  # (th, tw, F, C)
+      pads = [(0, 0, 0)]
+      for (taps, first, count), out in ((th, g.shape[1]), (tw, g.shape[2])):
+        # Row a of the result reads g rows a + first ... a + first + t - 1.
+        pads.append((-first, count - out + first + len(taps) - 1, 0))
+      pads.append((0, 0, 0))
+      part = lax.conv_general_dilated(
+          lax.pad(g, jnp.zeros((), g.dtype), pads), kernel, (1, 1),
+          ((0, 0), (0, 0)), dimension_numbers=_NHWC)
+      row.append(jnp.pad(part, ((0, 0), (0, rows - part.shape[1]),
+                                (0, cols - part.shape[2]), (0, 0))))
+    blocks.append(jnp.stack(row, axis=3))  # (N, rows, cols, sw, C)
+  full = jnp.stack(blocks, axis=2)  # (N, rows, sh, cols, sw, C)
+  return full.reshape(n, rows * sh, cols * sw, c)[:, :h, :w, :]
+
+
+def _pointwise_weight_gradient(lhs: jax.Array, g: jax.Array,
+                               strides: Sequence[int]) -> jax.Array:
+  """Weight gradient (1, 1, C, F) of an unpadded 1x1 conv as one matmul."""
+  sh, sw = strides
+  x = lhs[:, ::sh, ::sw, :][:, :g.shape[1], :g.shape[2], :]
+  dw = lax.dot_general(x.reshape(-1, x.shape[-1]),
+                       g.reshape(-1, g.shape[-1]), (((0,), (0,)), ((), ())),
+                       preferred_element_type=jnp.float32)
+  return dw.reshape((1, 1) + dw.shape)
+
+
 def _conv_bwd(static, residuals, g):
   lhs, rhs = residuals
-  _, input_vjp = jax.vjp(lambda x: _plain(static, x, rhs), lhs)
-  stored = materialize(lhs)
-  _, weight_vjp = jax.vjp(lambda w: _plain(static, stored, w), rhs)
-  return input_vjp(g)[0], weight_vjp(materialize(g))[0]
+  strides, padding = static[0], static[1]
+  fast = STRIDED_GRADIENT_FORMS and _simple(static, lhs, rhs)
+  if fast and max(strides) > 1:
+    dx = strided_input_gradient(g, rhs, lhs.shape, strides, padding)
+  else:
+    _, input_vjp = jax.vjp(lambda x: _plain(static, x, rhs), lhs)
+    dx = input_vjp(g)[0]
+  if (fast and max(strides) > 1 and rhs.shape[:2] == (1, 1) and
+      tuple(padding) == ((0, 0), (0, 0))):
+    dw = _pointwise_weight_gradient(lhs, g, strides).astype(rhs.dtype)
+  else:
+    stored = materialize(lhs)
+    _, weight_vjp = jax.vjp(lambda w: _plain(static, stored, w), rhs)
+    dw = weight_vjp(materialize(g))[0]
+  return dx.astype(lhs.dtype), dw
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)

@@ -119,8 +119,7 @@ def _conv(features: int, kernel_size: int, strides: int, dtype: Any,
   Pads (k - 1) // 2 before and the rest after, so a stride-s conv maps
   (N, H, W, Cin) to (N, ceil(H / s), ceil(W / s), features) and stride 1 is
   'SAME'. Computes in `dtype`; the kernel is float32. `materialize`: the
-  weight gradient reads a stored copy of the input (`conv.py`, for XLA CPU);
-  same values.
+  gradients take `conv.py`'s forms for XLA CPU (same forward pass).
   """
   k = kernel_size
   before = (k - 1) // 2
@@ -315,11 +314,12 @@ class ResNet(nn.Module):
       pass recomputes a block's activations instead of keeping them, so
       training needs less memory for about one more forward pass of compute.
       Same parameters, outputs and gradients.
-    materialize_conv_inputs: every conv's weight gradient reads a stored copy
-      of the conv's input instead of recomputing it inside XLA CPU's
-      transposing copy (`models/conv.py`): same values, a faster backward
-      pass on CPU, one extra copy per conv elsewhere. The train step sets it
-      on CPU (`train.cpu_materialize_conv_inputs`).
+    materialize_conv_inputs: convs take `models/conv.py`'s gradients: every
+      weight gradient reads a stored copy of the conv's input instead of
+      recomputing it inside XLA CPU's transposing copy (same values), and
+      strided convs' input gradients skip dilation zeros (equal to float
+      rounding): a faster backward pass on CPU, extra copies elsewhere. The
+      train step sets it on CPU (`train.cpu_materialize_conv_inputs`).
   """
   depth: int = 50
   width_multiplier: int = 1

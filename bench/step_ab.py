@@ -1,0 +1,117 @@
+r"""Two settings of the CPU train step, step for step in ONE process; prints JSON.
+
+    python bench/step_ab.py                                  # default vs no_strided_forms
+    python bench/step_ab.py --a=default --b=no_materialize --steps=10
+
+On a shared machine the speed drifts between runs by more than the
+difference between two conv-gradient forms. Here both programs are compiled
+in one process and their steps alternate (A B, B A, A B, ...), so each pair
+of steps sees the same load; `paired_ratios` are B's step time over A's,
+pair by pair, and `ratio_median` their median (> 1: A is faster).
+
+Settings (the model is bench/train_bench.py's case r18_32: ResNet-18, CIFAR
+stem, 32 px, LARS, global BatchNorm, augmentation on the device, 1 XLA CPU
+device as `train_and_evaluate` runs it on CPU):
+  default           what train_and_evaluate compiles on CPU
+  no_strided_forms  XLA's own gradients for strided convs (models/conv.py
+                    STRIDED_GRADIENT_FORMS=False), stored operands kept
+  no_materialize    plain lax convolutions (train.cpu_materialize_conv_inputs
+                    = False)
+
+Both start from the same initial state and batch; each keeps its own state,
+so `final_loss` shows how far float rounding has moved them apart.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+from simclr_jax import parallel  # pylint: disable=g-import-not-at-top
+
+SETTINGS = ('default', 'no_strided_forms', 'no_materialize')
+
+
+def _parse(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--a', default='default', choices=SETTINGS)
+  p.add_argument('--b', default='no_strided_forms', choices=SETTINGS)
+  p.add_argument('--batch', type=int, default=128, help='global batch')
+  p.add_argument('--steps', type=int, default=8,
+                 help='timed steps of each (after one untimed step each)')
+  p.add_argument('--cpu_devices', type=int, default=1)
+  return p.parse_args(argv)
+
+
+def main() -> None:
+  args = _parse()
+  if args.a == args.b:
+    sys.exit('step_ab: --a and --b are the same setting')
+  parallel.setup_cpu_devices(args.cpu_devices)
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import train_bench  # pylint: disable=g-import-not-at-top
+  from simclr_jax import train  # pylint: disable=g-import-not-at-top
+  from simclr_jax.models import conv as conv_lib  # pylint: disable=g-import-not-at-top
+
+  bench_args = train_bench._parse_args(  # pylint: disable=protected-access
+      ['--cases=r18_32', '--dtype=float32', f'--batch_r18={args.batch}'])
+  mesh = parallel.make_mesh()
+  progs = {}
+  for name in (args.a, args.b):
+    conv_lib.STRIDED_GRADIENT_FORMS = name != 'no_strided_forms'
+    config, num_classes, shape = train_bench.case_config('r18_32', bench_args)
+    config.train.cpu_materialize_conv_inputs = name != 'no_materialize'
+    batch = config.train.global_batch_size
+    setup = train.build(config, mesh, num_classes=num_classes,
+                        total_steps=2 * args.steps + 4,
+                        steps_per_epoch=2 * args.steps + 4)
+    state = setup.init_state()
+    key = setup.replicated_train_key()
+    rng = np.random.default_rng(0)
+    host = {'image': rng.integers(0, 256, (batch,) + shape, dtype=np.uint8),
+            'label': rng.integers(0, num_classes, (batch,)).astype(np.int32)}
+    data = parallel.host_to_global(host, mesh)
+    compiled = setup.train_step.lower(state, data['image'], data['label'],
+                                      key).compile()
+    progs[name] = {'step': compiled, 'state': state, 'data': data, 'key': key,
+                   'times': [], 'loss': None}
+  conv_lib.STRIDED_GRADIENT_FORMS = True
+
+  for i in range(args.steps + 1):
+    order = (args.a, args.b) if i % 2 else (args.b, args.a)
+    for name in order:
+      p = progs[name]
+      t0 = time.perf_counter()
+      p['state'], metrics = p['step'](p['state'], p['data']['image'],
+                                      p['data']['label'], p['key'])
+      jax.block_until_ready((p['state'], metrics))
+      if i:  # The first step of each is untimed (warm-up).
+        p['times'].append(time.perf_counter() - t0)
+      p['loss'] = float(metrics['loss'])
+  ta, tb = progs[args.a]['times'], progs[args.b]['times']
+  ratios = [b / a for a, b in zip(ta, tb)]
+  print(json.dumps({
+      'bench': 'step_ab',
+      'a': args.a, 'b': args.b, 'global_batch': args.batch,
+      'cpu_devices': args.cpu_devices, 'steps': args.steps,
+      'cpu_count': os.cpu_count(),
+      'results': {
+          name: {'step_s_median': statistics.median(p['times']),
+                 'step_s_min': min(p['times']),
+                 'images_per_sec': args.batch / statistics.median(p['times']),
+                 'final_loss': p['loss']}
+          for name, p in progs.items()},
+      'paired_ratios': [round(r, 3) for r in ratios],
+      'ratio_median': statistics.median(ratios),
+  }, indent=1))
+
+
+if __name__ == '__main__':
+  main()
