@@ -1,15 +1,17 @@
 r"""Which XLA CPU settings make the real SimCLR train step fastest; prints JSON.
 
     python bench/cpu_speed.py                       # every variant, 2 rounds
-    python bench/cpu_speed.py --variants=dev1,dev2_no_materialize,dev8_ynnpack,lightly --batch=128
+    python bench/cpu_speed.py --variants=dev1,dev1_no_strided_forms,lightly --batch=128 --rounds=3
     python bench/cpu_speed.py --list                # names and what they set
     python bench/cpu_speed.py --profile=dev1        # where the time goes
 
 `dev1` is the default set-up of `train_and_evaluate` on CPU (train.cpu_devices
-= 1, XLA's own convolutions, conv weight gradients from stored copies:
-train.cpu_materialize_conv_inputs); `dev2_no_materialize` the one before it
-(2 devices); `dev8_ynnpack` the one before that (8 devices, jaxlib 0.10's
-YNNPACK convolutions).
+= 1, XLA's own convolutions, the conv gradients of models/conv.py:
+train.cpu_materialize_conv_inputs); `dev1_no_strided_forms` the one before it
+(XLA's own gradients for strided convs); `dev2_no_materialize` the one before
+that (2 devices, plain lax convolutions); `dev8_ynnpack` the one before that
+(8 devices, jaxlib 0.10's YNNPACK convolutions). bench/step_ab.py compares
+two conv-gradient settings step by step in one process, which is steadier.
 
 The variant `lightly` is the peer: lightly 1.6's SimCLR step on PyTorch's
 CPU build (ResNet-18, CIFAR stem, 512-2048-128 head, LARS; random views, no
@@ -97,8 +99,8 @@ VARIANTS = {
 # The peer (lightly 1.6 on PyTorch CPU), run beside ours in the same rounds
 # when its environment exists (bash ../shared/peers/setup_lightly.sh).
 PEER = 'lightly'
-DEFAULT_VARIANTS = ('dev1,dev1_no_materialize,dev2,dev2_no_materialize,dev4,'
-                    'dev8,dev2_ynnpack,dev8_ynnpack,'
+DEFAULT_VARIANTS = ('dev1,dev1_no_strided_forms,dev1_no_materialize,dev2,'
+                    'dev2_no_materialize,dev4,dev8,dev2_ynnpack,dev8_ynnpack,'
                     'dev2_ynn_off,dev8_onednn,dev8_onednn_cc,'
                     'dev8_xnn,dev8_onednn_fusion,dev8_vec512,dev8_fast_math,'
                     'dev8_bf16,dev8_vmap,'

@@ -2,6 +2,7 @@ r"""Two settings of the CPU train step, step for step in ONE process; prints JSO
 
     python bench/step_ab.py                                  # default vs no_strided_forms
     python bench/step_ab.py --a=default --b=no_materialize --steps=10
+    python bench/step_ab.py --quick                          # smoke run, a minute or two
 
 On a shared machine the speed drifts between runs by more than the
 difference between two conv-gradient forms. Here both programs are compiled
@@ -46,13 +47,24 @@ def _parse(argv=None) -> argparse.Namespace:
   p.add_argument('--steps', type=int, default=8,
                  help='timed steps of each (after one untimed step each)')
   p.add_argument('--cpu_devices', type=int, default=1)
-  return p.parse_args(argv)
+  p.add_argument('--quick', action='store_true',
+                 help='base width 8, batch 16, 2 steps: a smoke run whose '
+                      'times mean little')
+  args = p.parse_args(argv)
+  if args.a == args.b:
+    p.error('--a and --b are the same setting')
+  if args.batch < 1 or args.steps < 1 or args.cpu_devices < 1:
+    p.error('--batch, --steps and --cpu_devices must be positive')
+  if args.quick:
+    args.batch, args.steps = min(args.batch, 16), min(args.steps, 2)
+  if args.batch % args.cpu_devices:
+    p.error(f'--batch {args.batch} is not divisible by --cpu_devices '
+            f'{args.cpu_devices}')
+  return args
 
 
 def main() -> None:
   args = _parse()
-  if args.a == args.b:
-    sys.exit('step_ab: --a and --b are the same setting')
   parallel.setup_cpu_devices(args.cpu_devices)
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -61,7 +73,8 @@ def main() -> None:
   from simclr_jax.models import conv as conv_lib  # pylint: disable=g-import-not-at-top
 
   bench_args = train_bench._parse_args(  # pylint: disable=protected-access
-      ['--cases=r18_32', '--dtype=float32', f'--batch_r18={args.batch}'])
+      ['--cases=r18_32', '--dtype=float32', f'--batch_r18={args.batch}'] +
+      (['--quick'] if args.quick else []))
   mesh = parallel.make_mesh()
   progs = {}
   for name in (args.a, args.b):
@@ -98,7 +111,7 @@ def main() -> None:
   ta, tb = progs[args.a]['times'], progs[args.b]['times']
   ratios = [b / a for a, b in zip(ta, tb)]
   print(json.dumps({
-      'bench': 'step_ab',
+      'bench': 'step_ab', 'quick': args.quick,
       'a': args.a, 'b': args.b, 'global_batch': args.batch,
       'cpu_devices': args.cpu_devices, 'steps': args.steps,
       'cpu_count': os.cpu_count(),

@@ -213,3 +213,33 @@ def test_the_train_step_uses_it_on_cpu_only_and_when_asked():
   setup = train.build(config, mesh, num_classes=0, total_steps=2,
                       steps_per_epoch=1)
   assert setup.model.materialize_conv_inputs
+
+
+@pytest.mark.parametrize('k,padding', [(1, ((0, 0), (0, 0))),
+                                       (3, ((1, 1), (1, 1)))])
+def test_strided_gradients_under_shard_map_equal_lax(k, padding):
+  """A weight replicated over the devices gets its gradient summed over
+  them (as fine-tuning's step takes it), and the result equals lax's."""
+  mesh = parallel.make_mesh()
+  spec = jax.sharding.PartitionSpec
+  x = jax.random.normal(jax.random.key(0), (2 * mesh.size, 8, 8, 5))
+  w = jax.random.normal(jax.random.key(1), (k, k, 5, 6)) * 0.2
+
+  def grads(conv):
+    def per_device(x, w):
+      def loss(w):
+        y = conv(jax.nn.relu(x), w, (2, 2), padding, dimension_numbers=DN)
+        return lax.psum(jnp.sum(jnp.sin(y)), parallel.AXIS)
+      return jax.grad(loss)(w)
+    sharded = jax.device_put(
+        x, jax.sharding.NamedSharding(mesh, spec(parallel.AXIS)))
+    replicated = jax.device_put(w, jax.sharding.NamedSharding(mesh, spec()))
+    return jax.jit(jax.shard_map(
+        per_device, mesh=mesh, in_specs=(spec(parallel.AXIS), spec()),
+        out_specs=spec()))(sharded, replicated)
+
+  want = grads(lax.conv_general_dilated)
+  got = grads(conv_lib.conv_general_dilated)
+  assert got.shape == want.shape == w.shape
+  np.testing.assert_allclose(got, want, rtol=0,
+                             atol=1e-5 * np.abs(want).max())

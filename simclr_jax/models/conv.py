@@ -184,15 +184,19 @@ def strided_input_gradient(g: jax.Array, rhs: jax.Array,
   return full.reshape(n, rows * sh, cols * sw, c)[:, :h, :w, :]
 
 
-def _pointwise_weight_gradient(lhs: jax.Array, g: jax.Array,
+def _pointwise_weight_gradient(lhs: jax.Array, rhs: jax.Array, g: jax.Array,
                                strides: Sequence[int]) -> jax.Array:
-  """Weight gradient (1, 1, C, F) of an unpadded 1x1 conv as one matmul."""
+  """Weight gradient (1, 1, C, F) of an unpadded 1x1 conv as one matmul.
+
+  Taken as the VJP of the matmul, so that under `jax.shard_map` a weight
+  that is the same on every device gets its gradient summed over the
+  devices, exactly as `lax.conv_general_dilated`'s own VJP gives it.
+  """
   sh, sw = strides
   x = lhs[:, ::sh, ::sw, :][:, :g.shape[1], :g.shape[2], :]
-  dw = lax.dot_general(x.reshape(-1, x.shape[-1]),
-                       g.reshape(-1, g.shape[-1]), (((0,), (0,)), ((), ())),
-                       preferred_element_type=jnp.float32)
-  return dw.reshape((1, 1) + dw.shape)
+  x = x.reshape(-1, x.shape[-1]).astype(rhs.dtype)
+  _, vjp = jax.vjp(lambda w: x @ w.reshape(w.shape[2:]), rhs)
+  return vjp(g.reshape(-1, g.shape[-1]).astype(rhs.dtype))[0]
 
 
 def _conv_bwd(static, residuals, g):
@@ -206,7 +210,7 @@ def _conv_bwd(static, residuals, g):
     dx = input_vjp(g)[0]
   if (fast and max(strides) > 1 and rhs.shape[:2] == (1, 1) and
       tuple(padding) == ((0, 0), (0, 0))):
-    dw = _pointwise_weight_gradient(lhs, g, strides).astype(rhs.dtype)
+    dw = _pointwise_weight_gradient(lhs, rhs, g, strides)
   else:
     stored = materialize(lhs)
     _, weight_vjp = jax.vjp(lambda w: _plain(static, stored, w), rhs)
