@@ -67,7 +67,6 @@ def main() -> None:
   args = _parse()
   parallel.setup_cpu_devices(args.cpu_devices)
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   import train_bench  # pylint: disable=g-import-not-at-top
   from simclr_jax import train  # pylint: disable=g-import-not-at-top
   from simclr_jax.models import conv as conv_lib  # pylint: disable=g-import-not-at-top
@@ -87,10 +86,8 @@ def main() -> None:
                         steps_per_epoch=2 * args.steps + 4)
     state = setup.init_state()
     key = setup.replicated_train_key()
-    rng = np.random.default_rng(0)
-    host = {'image': rng.integers(0, 256, (batch,) + shape, dtype=np.uint8),
-            'label': rng.integers(0, num_classes, (batch,)).astype(np.int32)}
-    data = parallel.host_to_global(host, mesh)
+    data, = train_bench.random_batches(batch, shape, num_classes, mesh,
+                                       count=1)
     compiled = setup.train_step.lower(state, data['image'], data['label'],
                                       key).compile()
     progs[name] = {'step': compiled, 'state': state, 'data': data, 'key': key,

@@ -280,6 +280,19 @@ def hlo_stats(compiled: Any) -> dict[str, int] | None:
   }
 
 
+def random_batches(batch: int, shape: tuple, num_classes: int,
+                   mesh: jax.sharding.Mesh, count: int) -> list[dict]:
+  """`count` different random batches (uint8 images (batch,) + shape, int32
+  labels), placed on the mesh as the train step takes them; seed 0."""
+  rng = np.random.default_rng(0)
+  batches = []
+  for _ in range(count):
+    host = {'image': rng.integers(0, 256, (batch,) + shape, dtype=np.uint8),
+            'label': rng.integers(0, num_classes, (batch,)).astype(np.int32)}
+    batches.append(parallel.host_to_global(host, mesh))
+  return batches
+
+
 def run_case(case: str, args: argparse.Namespace, mesh: jax.sharding.Mesh,
              peak: float | None) -> dict[str, Any]:
   """Compiles and times the train step of one case; returns its JSON record."""
@@ -301,12 +314,7 @@ def run_case(case: str, args: argparse.Namespace, mesh: jax.sharding.Mesh,
   train_key = setup.replicated_train_key()
   step_fn = setup.train_step
 
-  rng = np.random.default_rng(0)
-  batches = []
-  for _ in range(2):  # Two different batches, alternated.
-    host = {'image': rng.integers(0, 256, (batch,) + shape, dtype=np.uint8),
-            'label': rng.integers(0, num_classes, (batch,)).astype(np.int32)}
-    batches.append(parallel.host_to_global(host, mesh))
+  batches = random_batches(batch, shape, num_classes, mesh, count=2)
 
   t0 = time.perf_counter()
   lowered = step_fn.lower(state, batches[0]['image'], batches[0]['label'],

@@ -202,13 +202,14 @@ def _pointwise_weight_gradient(lhs: jax.Array, rhs: jax.Array, g: jax.Array,
 def _conv_bwd(static, residuals, g):
   lhs, rhs = residuals
   strides, padding = static[0], static[1]
-  fast = STRIDED_GRADIENT_FORMS and _simple(static, lhs, rhs)
-  if fast and max(strides) > 1:
+  strided = (STRIDED_GRADIENT_FORMS and max(strides) > 1 and
+             _simple(static, lhs, rhs))
+  if strided:
     dx = strided_input_gradient(g, rhs, lhs.shape, strides, padding)
   else:
     _, input_vjp = jax.vjp(lambda x: _plain(static, x, rhs), lhs)
     dx = input_vjp(g)[0]
-  if (fast and max(strides) > 1 and rhs.shape[:2] == (1, 1) and
+  if (strided and rhs.shape[:2] == (1, 1) and
       tuple(padding) == ((0, 0), (0, 0))):
     dw = _pointwise_weight_gradient(lhs, rhs, g, strides)
   else:
