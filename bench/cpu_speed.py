@@ -10,14 +10,18 @@ r"""Which XLA CPU settings make the real SimCLR train step fastest; prints JSON.
 train.cpu_materialize_conv_inputs); `dev1_no_strided_forms` the one before it
 (XLA's own gradients for strided convs); `dev2_no_materialize` the one before
 that (2 devices, plain lax convolutions); `dev8_ynnpack` the one before that
-(8 devices, jaxlib 0.10's YNNPACK convolutions). bench/step_ab.py compares
+(8 devices, jaxlib 0.10's YNNPACK convolutions). `dev1` runs, as main.py does, with glibc's huge-page malloc
+(simclr_jax/hostmem.py); `dev1_small_pages` without it. bench/step_ab.py compares
 two conv-gradient settings step by step in one process, which is steadier.
 
 The variant `lightly` is the peer: lightly 1.6's SimCLR step on PyTorch's
 CPU build (ResNet-18, CIFAR stem, 512-2048-128 head, LARS; random views, no
 augmentation), timed by ../shared/peers/lightly_bench.py in the environment
 that ../shared/peers/setup_lightly.sh builds; it runs in the same rounds as
-ours, so `ratio_to_baseline` compares the two on the same load.
+ours, so `ratio_to_baseline` compares the two on the same load. `lightly` runs
+with glibc's default malloc, as PyTorch users run it; `lightly_huge_pages`
+with the same huge-page tunable our step gets, to show what it does for
+PyTorch. The JSON names the CPU model (`cpu_model`).
 
 --profile=VARIANT runs that variant once with a jax.profiler trace of two
 steps (train_bench --profile_dir) and sums the trace's XLA op events by
@@ -49,6 +53,9 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from simclr_jax import hostmem  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 BENCH = os.path.join(HERE, 'train_bench.py')
 
 # name -> (XLA CPU devices, extra XLA flags, extra train_bench arguments).
@@ -84,6 +91,9 @@ VARIANTS = {
     # Stored operands but XLA's own gradients of strided convs (the default
     # before models/conv.py's sub-pixel input gradients, 2026-12-03).
     'dev1_no_strided_forms': (1, [], ['--no_strided_forms']),
+    # glibc's default malloc, 4 KiB page faults (the default before
+    # simclr_jax/hostmem.py's huge pages, 2026-12-06).
+    'dev1_small_pages': (1, [], ['--small_pages']),
     'dev8_onednn_fusion': (8, ['--xla_cpu_experimental_onednn_fusion_type='
                                'dot,eltwise,reduce'], []),
     'dev8_vec512': (8, ['--xla_cpu_prefer_vector_width=512'], []),
@@ -99,7 +109,11 @@ VARIANTS = {
 # The peer (lightly 1.6 on PyTorch CPU), run beside ours in the same rounds
 # when its environment exists (bash ../shared/peers/setup_lightly.sh).
 PEER = 'lightly'
-DEFAULT_VARIANTS = ('dev1,dev1_no_strided_forms,dev1_no_materialize,dev2,'
+# The peer again with glibc's huge-page malloc (what our step gets from
+# simclr_jax/hostmem.py), to show what the same tunable does for PyTorch.
+PEER_HUGE = 'lightly_huge_pages'
+PEERS = (PEER, PEER_HUGE)
+DEFAULT_VARIANTS = ('dev1,dev1_small_pages,dev1_no_strided_forms,dev1_no_materialize,dev2,'
                     'dev2_no_materialize,dev4,dev8,dev2_ynnpack,dev8_ynnpack,'
                     'dev2_ynn_off,dev8_onednn,dev8_onednn_cc,'
                     'dev8_xnn,dev8_onednn_fusion,dev8_vec512,dev8_fast_math,'
@@ -107,7 +121,18 @@ DEFAULT_VARIANTS = ('dev1,dev1_no_strided_forms,dev1_no_materialize,dev2,'
                     'dev8_no_augment')
 
 
-def run_peer(args):
+def small_pages_env(env):
+  """`env` without glibc's huge-page tunable, and no restart to add it."""
+  env = dict(env)
+  kept = [t for t in env.pop('GLIBC_TUNABLES', '').split(':')
+          if t and not t.startswith('glibc.malloc.hugetlb')]
+  if kept:
+    env['GLIBC_TUNABLES'] = ':'.join(kept)
+  env[hostmem.OPT_OUT] = '0'
+  return env
+
+
+def run_peer(args, huge_pages=False):
   """lightly's SimCLR step (the peer), timed by ../shared/peers/lightly_bench.py.
 
   ResNet-18 with the CIFAR stem, 512-2048-128 head, NTXentLoss, LARS, on
@@ -117,9 +142,12 @@ def run_peer(args):
          f'--steps={max(args.steps, 3)}', f'--warmup={max(args.warmup, 1)}',
          '--optimizer=lars', '--head=512,2048,128',
          f'--threads={os.cpu_count()}']
+  env = (hostmem.environ_with_huge_pages(small_pages_env(os.environ))
+         if huge_pages else small_pages_env(os.environ))
   load = os.getloadavg()
   t0 = time.perf_counter()
-  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                        check=False)
   run = {'load_before': [round(x, 2) for x in load],
          'wall_s': round(time.perf_counter() - t0, 1)}
   if proc.returncode:
@@ -137,10 +165,11 @@ def run_peer(args):
 
 
 def run_variant(name, args):
-  if name == PEER:
-    return run_peer(args)
+  if name in PEERS:
+    return run_peer(args, huge_pages=name == PEER_HUGE)
   devices, flags, extra = VARIANTS[name]
-  env = dict(os.environ)
+  env = small_pages_env(os.environ) if '--small_pages' in extra else dict(
+      os.environ)
   env['XLA_FLAGS'] = ' '.join(flags)
   cmd = [sys.executable, BENCH, '--cases=r18_32',
          f'--batch_r18={args.batch}', f'--steps={args.steps}',
@@ -298,11 +327,11 @@ def main():
       print(f'{name:18s} devices={dev} {" ".join(flags + extra)}')
     return
   names = [v.strip() for v in args.variants.split(',') if v.strip()]
-  if PEER in names and not (os.path.exists(args.peer_python) and
+  if set(PEERS) & set(names) and not (os.path.exists(args.peer_python) and
                             os.path.exists(args.peer_bench)):
     p.error(f"variant {PEER!r} needs {args.peer_python} and {args.peer_bench} "
             '(bash ../shared/peers/setup_lightly.sh)')
-  unknown = [n for n in names if n not in VARIANTS and n != PEER]
+  unknown = [n for n in names if n not in VARIANTS and n not in PEERS]
   if unknown:
     p.error(f'unknown variants {unknown}; see --list')
   if args.baseline not in names:
@@ -341,6 +370,7 @@ def main():
                'augmentation on device (bench/train_bench.py --cases=r18_32)'),
       'global_batch': args.batch, 'steps': args.steps, 'warmup': args.warmup,
       'rounds': args.rounds, 'cpu_count': os.cpu_count(),
+      'cpu_model': hostmem.cpu_model(),
       'baseline': args.baseline,
       'score': 'best over rounds of each run\'s median step time',
       'variants': summary,

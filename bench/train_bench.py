@@ -98,6 +98,10 @@ def _parse_args(argv=None) -> argparse.Namespace:
                       'compute-bound')
   p.add_argument('--profile_dir', default='',
                  help='also write a jax.profiler trace of 2 steps here')
+  p.add_argument('--small_pages', action='store_true',
+                 help="keep glibc's default malloc (4 KiB pages) instead of "
+                 'restarting with glibc.malloc.hugetlb=1 as main.py does '
+                 '(simclr_jax/hostmem.py)')
   p.add_argument('--hlo_stats', action='store_true',
                  help='count convolutions / custom calls in the compiled HLO')
   p.add_argument('--compare_torch', action='store_true',
@@ -134,6 +138,11 @@ CASES = ('r18_32', 'r50_224')
 
 if __name__ == '__main__':
   ARGS = _parse_args()
+  if not ARGS.small_pages:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from simclr_jax import hostmem  # pylint: disable=g-import-not-at-top
+    # As main.py: restart once with glibc's huge-page malloc (simclr_jax/hostmem.py).
+    hostmem.reexec_with_huge_pages()
   if ARGS.quick and 'xla_backend_optimization_level' not in os.environ.get(
       'XLA_FLAGS', ''):
     # A smoke check: XLA compiles ~3x faster without LLVM optimisations (the
@@ -154,6 +163,7 @@ import jax
 import numpy as np
 
 from configs import default
+from simclr_jax import hostmem
 from simclr_jax import models
 from simclr_jax import parallel
 from simclr_jax import train
@@ -541,6 +551,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
       'process_count': jax.process_count(),
       'host': platform.machine(),
       'cpu_count': os.cpu_count(),
+      'cpu_model': hostmem.cpu_model(),
+      'huge_pages': hostmem.active(),  # glibc.malloc.hugetlb=1 (hostmem.py)
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
       'dtype': args.dtype,
       'peak_tflops_per_device': peak,
