@@ -5,9 +5,9 @@ r"""Host memory of linear evaluation's streaming path at N and 10N examples.
 
 For each size, in a fresh process: writes a features file of `rows` x `dim`
 float32 (and labels) block by block with `features.RowWriter`, as
-`evaluate.modes.cache_features` does; computes the streamed statistics; then
+`evaluate.probe.cache_features` does; computes the streamed statistics; then
 trains the linear head for `--steps` steps reading mini-batches from disk
-(`modes._feature_file_batches`) with the real sharded step
+(`probe._feature_file_batches`) with the real sharded step
 (`evaluate.linear.make_train_step(inputs='features')`) on 8 CPU devices.
 Prints one JSON object with the peak resident memory (`ru_maxrss`) of each
 process and the ratio: at 10x the examples (and 10x the file size) the peak
@@ -36,7 +36,7 @@ def child(rows: int, dim: int, steps: int, batch: int) -> dict:
   from simclr_jax import parallel  # pylint: disable=g-import-not-at-top
   from simclr_jax.evaluate import features  # pylint: disable=g-import-not-at-top
   from simclr_jax.evaluate import linear  # pylint: disable=g-import-not-at-top
-  from simclr_jax.evaluate import modes  # pylint: disable=g-import-not-at-top
+  from simclr_jax.evaluate import probe  # pylint: disable=g-import-not-at-top
 
   folder = tempfile.mkdtemp()
   path_h, path_y = (os.path.join(folder, n) for n in ('h.npy', 'y.npy'))
@@ -51,12 +51,12 @@ def child(rows: int, dim: int, steps: int, batch: int) -> dict:
   out_y.close()
   out_h.close()
   write_s = time.perf_counter() - t0
-  stats = modes._feature_stats(path_h)  # pylint: disable=protected-access
+  stats = probe._feature_stats(path_h)  # pylint: disable=protected-access
   mesh = parallel.make_mesh(0)
   tx, _ = linear.create_optimizer(0.1, steps)
   state = linear.create_state(tx, dim, 10, mesh, stats)
   step = linear.make_train_step(None, tx, mesh, inputs='features')
-  batches = modes._feature_file_batches(  # pylint: disable=protected-access
+  batches = probe._feature_file_batches(  # pylint: disable=protected-access
       path_h, path_y, 0, batch, 0, max(rows // batch, 1))
   key = parallel.replicate(jax.random.key(0), mesh)
   t0 = time.perf_counter()

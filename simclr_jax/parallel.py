@@ -201,3 +201,15 @@ def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     return jax.device_put(x, sharding)
 
   return jax.tree.map(put, tree)
+
+
+def materialize_conv_inputs(config: Any, mesh: jax.sharding.Mesh) -> bool:
+  """Whether the model's convs use `models/conv.py`'s CPU gradient forms.
+
+  True on CPU meshes unless `train.cpu_materialize_conv_inputs` is off:
+  XLA CPU otherwise recomputes BatchNorm and ReLU inside slow transposing
+  copies and multiplies the zeros of dilated output gradients
+  (`models/conv.py`). Never elsewhere (it would only add copies).
+  """
+  return (platform(mesh) == 'cpu'
+          and bool(config.train.get('cpu_materialize_conv_inputs', True)))

@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import time
 from typing import Any, Callable, Iterator
 
@@ -20,9 +19,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import ml_collections
 import optax
-from absl import logging
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
@@ -36,6 +33,7 @@ from simclr_jax import parallel
 from simclr_jax import reporting
 from simclr_jax import signals
 from simclr_jax import workdir as workdir_lib
+from simclr_jax.evaluate import final as final_eval
 
 AXIS = parallel.AXIS
 
@@ -146,16 +144,8 @@ class Setup:
     return parallel.replicate(self.train_key, self.mesh)
 
 
-def materialize_conv_inputs(config: Any, mesh: jax.sharding.Mesh) -> bool:
-  """Whether the model's convs use `models/conv.py`'s CPU gradient forms.
-
-  True on CPU meshes unless `train.cpu_materialize_conv_inputs` is off:
-  XLA CPU otherwise recomputes BatchNorm and ReLU inside slow transposing
-  copies and multiplies the zeros of dilated output gradients
-  (`models/conv.py`). Never elsewhere (it would only add copies).
-  """
-  return (parallel.platform(mesh) == 'cpu'
-          and bool(config.train.get('cpu_materialize_conv_inputs', True)))
+# Kept here for benches and tests that ask the train module.
+materialize_conv_inputs = parallel.materialize_conv_inputs
 
 
 def build(config: Any, mesh: jax.sharding.Mesh, *, num_classes: int,
@@ -318,94 +308,6 @@ def _num_steps(config: Any, steps_per_epoch: int) -> int:
   return max(int(math.ceil(config.train.num_epochs * steps_per_epoch)), 1)
 
 
-def _eval_local_batch(config: Any, mesh: jax.sharding.Mesh) -> int:
-  """Per-process eval batch: eval.batch_size rounded up to the mesh size."""
-  n = mesh.size
-  return (-(-config.eval.batch_size // n) * n) // jax.process_count()
-
-
-def knn_score(config: Any, model: Any, variables: Any,
-              mesh: jax.sharding.Mesh, source: Any,
-              label: str = 'kNN') -> float:
-  """Weighted kNN accuracy of `h`: bank = labelled train split, queries =
-  the eval split (centre crops); memory bounded (see evaluate.knn)."""
-  from simclr_jax.evaluate import features as features_lib  # pylint: disable=g-import-not-at-top
-  from simclr_jax.evaluate import knn  # pylint: disable=g-import-not-at-top
-  local = _eval_local_batch(config, mesh)
-  feature_fn = features_lib.make_feature_fn(model, mesh)
-
-  def counted(split):
-    progress = reporting.Progress(
-        None, enabled=jax.process_index() == 0,
-        label=f'{label}: {split} split, batch')
-    for i, batch in enumerate(source.eval_iterator(split, local)):
-      yield batch
-      progress.update(i + 1)
-    progress.close()
-
-  bank = knn.build_bank(feature_fn, variables, counted('train'), mesh)
-  predict = knn.make_predict_fn(
-      mesh, k=config.eval.knn_k, temperature=config.eval.knn_temperature,
-      num_classes=source.num_classes)
-  return knn.bank_accuracy(predict, bank, feature_fn, variables,
-                           counted('eval'), mesh)
-
-
-def _knn_monitor(config: Any, model: Any, mesh: jax.sharding.Mesh,
-                 source: Any) -> Callable[[TrainState], float]:
-  """state -> kNN accuracy of its encoder (every eval.every_steps)."""
-  def monitor(state: TrainState) -> float:
-    variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    return knn_score(config, model, variables, mesh, source,
-                     label='kNN monitor')
-  return monitor
-
-
-def final_evaluation(config: Any, workdir: str, model: Any, variables: Any,
-                     init_variables: Any | None, mesh: jax.sharding.Mesh,
-                     source: Any, info: Any) -> dict[str, float]:
-  """The quick final score of the encoder's `h`: kNN and a fast linear probe.
-
-  `final_knn_accuracy`: weighted kNN (eval.knn_k, eval.knn_temperature) of the
-  eval split against the labelled train split. `final_probe_accuracy`: a
-  linear head trained for eval.probe_epochs on centre-crop features computed
-  once (kept on disk in workdir/final_probe/features, read batch by batch)
-  and scored top-1 on the eval split. Both bounded in memory. Not the
-  paper's linear evaluation (that is --config.mode=linear_eval).
-  `init_variables`, when given, are scored the same way, with the suffix
-  `_random_init`.
-  """
-  from simclr_jax.evaluate import modes  # pylint: disable=g-import-not-at-top
-  if info.num_classes == 0:
-    return {}
-  results = {}
-  candidates = [('', variables)]
-  if init_variables is not None:
-    candidates.append(('_random_init', init_variables))
-  for suffix, vs in candidates:
-    if config.eval.knn_k > 0:
-      results['final_knn_accuracy' + suffix] = knn_score(
-          config, model, vs, mesh, source,
-          label='final kNN' + suffix.replace('_', ' '))
-    if config.eval.linear_probe:
-      folder = os.path.join(workdir, 'final_probe' + suffix)
-      run = modes.Run.attach(config, folder, mesh, source, info)
-      section = ml_collections.ConfigDict({
-          'epochs': float(config.eval.probe_epochs),
-          'batch_size': int(config.eval.batch_size),
-          'base_learning_rate': float(config.eval.probe_learning_rate),
-          'momentum': 0.9, 'weight_decay': float(config.eval.probe_l2),
-          'augment': False, 'checkpoint_every_steps': 10**9})
-      got = modes.train_linear_head(
-          run, model, vs, section=section, workdir=folder,
-          features_folder=os.path.join(folder, 'features'),
-          label='final probe' + suffix.replace('_', ' '))
-      if got.get('preempted'):
-        return {**results, 'preempted': True}
-      results['final_probe_accuracy' + suffix] = got['top1']
-  return results
-
-
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   """Pretrains SimCLR as `config` says, in `workdir`, then evaluates.
 
@@ -480,7 +382,7 @@ def _pretrain(config: Any, workdir: str,
 
   monitor = None
   if config.eval.every_steps > 0 and info.num_classes and config.eval.knn_k:
-    monitor = _knn_monitor(config, setup.model, mesh, source)
+    monitor = final_eval.knn_monitor(config, setup.model, mesh, source)
   t_start = time.perf_counter()
   window: list[dict[str, jax.Array]] = []
   last_checked = None
@@ -559,7 +461,7 @@ def _pretrain(config: Any, workdir: str,
     init_state = setup.init_state()
     init_variables = {'params': init_state.params,
                       'batch_stats': init_state.batch_stats}
-  results = final_evaluation(
+  results = final_eval.final_evaluation(
       config, workdir, setup.model,
       {'params': state.params, 'batch_stats': state.batch_stats},
       init_variables, mesh, source, info)

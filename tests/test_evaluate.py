@@ -158,9 +158,15 @@ def test_linear_eval_frozen_encoder_and_exact_resume_after_sigkill(
   result = subprocess.run(_linear_eval_cmd(straight, init_from), cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  final = reporting.read_metrics(straight)[-1]
+  records = reporting.read_metrics(straight)
+  final = records[-1]
   assert final['final'] and final['init_step'] == step
   assert final['eval_examples'] == 359
+  # The final record lands on the last step trained (4 epochs of 1438 // 64
+  # = 22 steps), after every progress record; the epochs are a field.
+  assert final['step'] == 4 * (1438 // 64)
+  assert final['step'] == max(r['step'] for r in records)
+  assert final['epochs'] == 4.0
 
   broken = str(tmp_path / 'broken')
   proc = subprocess.Popen(_linear_eval_cmd(broken, init_from), cwd=ROOT,
@@ -265,3 +271,49 @@ def test_row_writer_keeps_fewer_rows_when_allowed(tmp_path):
   with pytest.raises(RuntimeError, match='wrote 10 rows, expected 11'):
     strict.close()
   assert not os.path.exists(tmp_path / 'y.npy')
+
+
+def test_export_writes_paths_row_aligned_with_the_arrays(pretrained,
+                                                         tmp_path):
+  """A folder sorted by class, with one undecodable file: every row of the
+  arrays has its file on the same line of {split}_paths.txt, its label is
+  that file's class, and the broken file is left out of all of them."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  data = tmp_path / 'photos'
+  rng = np.random.default_rng(0)
+  for c, name in enumerate(['cat', 'dog', 'emu']):
+    (data / name).mkdir(parents=True)
+    for i in range(10):
+      pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+      Image.fromarray(pixels).save(data / name / f'{i:02d}.png')
+  broken = data / 'dog' / '05b.jpg'
+  broken.write_bytes(b'\xff\xd8\xff\xe0' + rng.bytes(300) + b'\xff\xd9')
+  config = tiny_config()
+  config.mode = 'export'
+  config.init_from = pretrained[0]
+  config.data.source = 'folder'
+  config.data.data_dir = str(data)
+  config.data.eval_split = ''
+  config.data.holdout_fraction = 0.2
+  config.data.cache = False
+  config.export.split = 'both'
+  out = str(tmp_path / 'export')
+  got = modes.export(config, out)
+  names = ['cat', 'dog', 'emu']
+  total = 0
+  for split in ('train', 'eval'):
+    folder = os.path.join(out, 'export')
+    h = np.load(os.path.join(folder, f'{split}_h.npy'))
+    labels = np.load(os.path.join(folder, f'{split}_labels.npy'))
+    index = np.load(os.path.join(folder, f'{split}_index.npy'))
+    with open(os.path.join(folder, f'{split}_paths.txt')) as f:
+      paths = f.read().splitlines()
+    assert len(paths) == len(h) == len(labels) == len(index) == got[
+        'exported'][split]
+    assert str(broken) not in paths
+    assert [names[y] for y in labels] == [
+        os.path.basename(os.path.dirname(p)) for p in paths]
+    assert len(set(paths)) == len(paths)
+    assert np.all(np.diff(index) > 0)
+    total += len(paths)
+  assert total == 30  # 31 files, the broken one left out.

@@ -301,9 +301,9 @@ def test_synthetic_google_checkpoint_imports_with_inferred_config(tmp_path):
   # The imported workdir is accepted as init_from by the evaluation modes,
   # with the imported config's model, and yields the same encoder arrays.
   from simclr_jax import parallel  # pylint: disable=g-import-not-at-top
-  from simclr_jax.evaluate import modes  # pylint: disable=g-import-not-at-top
+  from simclr_jax.evaluate import runs  # pylint: disable=g-import-not-at-top
   config.init_from = str(tmp_path / 'work')
-  _, loaded, step = modes.load_encoder(config, parallel.make_mesh(1))
+  _, loaded, step = runs.load_encoder(config, parallel.make_mesh(1))
   assert step == 11
   np.testing.assert_array_equal(
       loaded['params']['encoder']['stem_conv']['kernel'],

@@ -187,6 +187,20 @@ class FileSource(base.DataSource):
     return order.process_part(self.split_indices[split], process_index,
                               process_count)
 
+  def kept_rows(self, split: str, process_index: int, process_count: int
+                ) -> tuple[np.ndarray, list[str]]:
+    """The rows a pass over this process's part of `split` yielded.
+
+    Call after the pass: files that failed in it are left out. Returns
+    (int64 positions in the split's order (n,), the n files' paths), in the
+    order of the pass's rows.
+    """
+    idx = self.local_indices(split, process_index, process_count)
+    positions = process_index + process_count * np.arange(len(idx),
+                                                          dtype=np.int64)
+    ok = ~self.failures.bad[idx]
+    return positions[ok], [str(p) for p in self.paths[idx[ok]]]
+
   def local(self, split: str, process_index: int,
             process_count: int) -> tuple[np.ndarray, np.ndarray]:
     """This process's (paths: bytes object array (n,), int32 labels (n,))."""

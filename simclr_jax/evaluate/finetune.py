@@ -44,6 +44,7 @@ from simclr_jax import optim
 from simclr_jax import parallel
 from simclr_jax import reporting
 from simclr_jax.evaluate import linear
+from simclr_jax.evaluate import runs as runs_lib
 from simclr_jax.models import heads
 from simclr_jax.models import resnet
 
@@ -279,17 +280,16 @@ def finetune(config: Any, workdir: str) -> dict[str, Any]:
   'label_fraction', 'num_labelled', ...}, or one with 'preempted': True.
   """
   from simclr_jax.data import order  # pylint: disable=g-import-not-at-top
-  from simclr_jax.evaluate import modes  # pylint: disable=g-import-not-at-top
-  run = modes.Run(config, workdir)
+  run = runs_lib.Run(config, workdir)
   try:
     if run.info.num_classes == 0:
       raise config_lib.ConfigError('fine-tuning needs labels: this data has '
                                    'none')
-    _, pretrained, init_step = modes.load_encoder(config, run.mesh)
+    _, pretrained, init_step = runs_lib.load_encoder(config, run.mesh)
     section = config.finetune
     gbs = int(section.batch_size)
     local = run.local_batch(gbs)
-    eval_local = modes.eval_local_batch(config, run.mesh)
+    eval_local = runs_lib.eval_local_batch(config, run.mesh)
     with config_lib.user_errors():
       images, labels, num_labelled = _labelled_subset(run, config, eval_local)
     if num_labelled < gbs:
@@ -299,12 +299,11 @@ def finetune(config: Any, workdir: str) -> dict[str, Any]:
     spe = parallel.min_over_processes(max(len(labels) // local, 1))
     total = max(int(math.ceil(float(section.epochs) * spe)), 1)
     tx, schedule = _optimizer(section, total)
-    from simclr_jax import train  # pylint: disable=g-import-not-at-top
     classifier = Classifier(
         config.model, int(section.from_proj_layer), run.info.num_classes,
         axis_name=AXIS,
-        materialize_conv_inputs=train.materialize_conv_inputs(config,
-                                                              run.mesh))
+        materialize_conv_inputs=parallel.materialize_conv_inputs(config,
+                                                                 run.mesh))
     state = _init_state(classifier, tx, pretrained, int(config.image_size),
                         run.mesh)
     manager, state = checkpoint.resume_or_start(
@@ -333,7 +332,7 @@ def finetune(config: Any, workdir: str) -> dict[str, Any]:
       return step_fn(state, batch['image'], batch['label'],
                      jax.random.fold_in(key, step))
 
-    state, preempted = modes.run_steps(
+    state, preempted = runs_lib.run_steps(
         config, state, manager, one_step, total=total, schedule=schedule,
         writer=writer, progress=progress,
         checkpoint_every=int(section.checkpoint_every_steps))
