@@ -15,7 +15,7 @@ stem, 32 px, LARS, global BatchNorm, augmentation on the device, 1 XLA CPU
 device as `train_and_evaluate` runs it on CPU):
   default           what train_and_evaluate compiles on CPU
   no_strided_forms  XLA's own gradients for strided convs (models/conv.py
-                    STRIDED_GRADIENT_FORMS=False), stored operands kept
+                    train.cpu_strided_gradient_forms=False), stored operands kept
   no_materialize    plain lax convolutions (train.cpu_materialize_conv_inputs
                     = False)
 
@@ -69,7 +69,6 @@ def main() -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import train_bench  # pylint: disable=g-import-not-at-top
   from simclr_jax import train  # pylint: disable=g-import-not-at-top
-  from simclr_jax.models import conv as conv_lib  # pylint: disable=g-import-not-at-top
 
   bench_args = train_bench._parse_args(  # pylint: disable=protected-access
       ['--cases=r18_32', '--dtype=float32', f'--batch_r18={args.batch}'] +
@@ -77,8 +76,8 @@ def main() -> None:
   mesh = parallel.make_mesh()
   progs = {}
   for name in (args.a, args.b):
-    conv_lib.STRIDED_GRADIENT_FORMS = name != 'no_strided_forms'
     config, num_classes, shape = train_bench.case_config('r18_32', bench_args)
+    config.train.cpu_strided_gradient_forms = name != 'no_strided_forms'
     config.train.cpu_materialize_conv_inputs = name != 'no_materialize'
     batch = config.train.global_batch_size
     setup = train.build(config, mesh, num_classes=num_classes,
@@ -92,7 +91,6 @@ def main() -> None:
                                       key).compile()
     progs[name] = {'step': compiled, 'state': state, 'data': data, 'key': key,
                    'times': [], 'loss': None}
-  conv_lib.STRIDED_GRADIENT_FORMS = True
 
   for i in range(args.steps + 1):
     order = (args.a, args.b) if i % 2 else (args.b, args.a)

@@ -82,7 +82,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
                  help='with the stored operands, but XLA\'s own input '
                       'gradient of strided convs and weight gradient of '
                       'strided 1x1 convs (models/conv.py '
-                      'STRIDED_GRADIENT_FORMS; the default before)')
+                      'train.cpu_strided_gradient_forms=False; the default before)')
   p.add_argument('--augment_strategy', default='auto',
                  choices=('auto', 'map', 'vmap'),
                  help='config.augment.strategy')
@@ -167,7 +167,6 @@ from simclr_jax import hostmem
 from simclr_jax import models
 from simclr_jax import parallel
 from simclr_jax import train
-from simclr_jax.models import conv as conv_lib
 
 if __name__ == '__main__':
   # CPU devices and convolution kernels exactly as train_and_evaluate sets
@@ -205,8 +204,7 @@ def case_config(case: str, args: argparse.Namespace) -> tuple[Any, int, tuple]:
   config.optim.warmup_epochs = 0.0
   config.augment.strategy = args.augment_strategy
   config.train.cpu_materialize_conv_inputs = not args.no_materialize
-  if args.no_strided_forms:
-    conv_lib.STRIDED_GRADIENT_FORMS = False
+  config.train.cpu_strided_gradient_forms = not args.no_strided_forms
   if args.proj_layers:
     config.model.num_proj_layers = args.proj_layers
   if case == 'r18_32':

@@ -151,6 +151,10 @@ def get_config() -> ml_collections.ConfigDict:
   # (bench/cpu_speed.py: dev1 against dev1_no_strided_forms and
   # dev1_no_materialize).
   train.cpu_materialize_conv_inputs = True
+  # With the above on: strided convs' input gradients as s*s stride-1 convs
+  # and strided 1x1 weight gradients as one matmul (models/conv.py item 2;
+  # equal to float rounding; bench/cpu_speed.py dev1_no_strided_forms).
+  train.cpu_strided_gradient_forms = True
   # Resume even when the config changes what the run computes (batch,
   # schedule, data, augmentation, model, loss, seed); normally refused.
   train.allow_config_change = False

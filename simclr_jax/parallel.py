@@ -203,13 +203,19 @@ def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
   return jax.tree.map(put, tree)
 
 
-def materialize_conv_inputs(config: Any, mesh: jax.sharding.Mesh) -> bool:
-  """Whether the model's convs use `models/conv.py`'s CPU gradient forms.
+def conv_gradients(config: Any, mesh: jax.sharding.Mesh) -> str:
+  """The gradient forms of the model's convs (`models/conv.py` GRADIENTS).
 
-  True on CPU meshes unless `train.cpu_materialize_conv_inputs` is off:
-  XLA CPU otherwise recomputes BatchNorm and ReLU inside slow transposing
-  copies and multiplies the zeros of dilated output gradients
-  (`models/conv.py`). Never elsewhere (it would only add copies).
+  On CPU meshes 'strided' (stored operands and the strided forms), 'stored'
+  with train.cpu_strided_gradient_forms off, 'xla' with
+  train.cpu_materialize_conv_inputs off: XLA CPU otherwise recomputes
+  BatchNorm and ReLU inside slow transposing copies and multiplies the zeros
+  of dilated output gradients. 'xla' elsewhere (the forms would only add
+  copies).
   """
-  return (platform(mesh) == 'cpu'
-          and bool(config.train.get('cpu_materialize_conv_inputs', True)))
+  train = config.train
+  if (platform(mesh) != 'cpu'
+      or not bool(train.get('cpu_materialize_conv_inputs', True))):
+    return 'xla'
+  return ('strided' if bool(train.get('cpu_strided_gradient_forms', True))
+          else 'stored')

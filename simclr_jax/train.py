@@ -144,10 +144,6 @@ class Setup:
     return parallel.replicate(self.train_key, self.mesh)
 
 
-# Kept here for benches and tests that ask the train module.
-materialize_conv_inputs = parallel.materialize_conv_inputs
-
-
 def build(config: Any, mesh: jax.sharding.Mesh, *, num_classes: int,
           total_steps: int, steps_per_epoch: int) -> Setup:
   """Builds the model, optimiser, keys and jitted train step of `config`.
@@ -164,7 +160,7 @@ def build(config: Any, mesh: jax.sharding.Mesh, *, num_classes: int,
   """
   model = models.create_model(
       config.model, num_classes=num_classes, axis_name=AXIS,
-      materialize_conv_inputs=materialize_conv_inputs(config, mesh))
+      conv_gradients=parallel.conv_gradients(config, mesh))
   tx, schedule = optim.create_optimizer(config, total_steps, steps_per_epoch)
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
   train_step = make_train_step(model, tx, config, mesh, schedule, num_classes)

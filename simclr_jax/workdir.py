@@ -35,6 +35,7 @@ FREE_FIELDS = (
     'train.log_every_steps', 'train.checkpoint_every_steps',
     'train.keep_checkpoints', 'train.num_devices', 'train.cpu_devices',
     'train.cpu_ynnpack_convs', 'train.cpu_materialize_conv_inputs',
+    'train.cpu_strided_gradient_forms',
     'train.allow_config_change',
     'data.prefetch', 'data.num_parallel_calls', 'data.cache',
     'data.data_dir',  # The same data may move; its size is checked apart.

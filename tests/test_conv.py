@@ -97,13 +97,12 @@ def test_gradients_match_float64_reference_as_closely_as_lax(
     (3, 1, 'SAME'),
 ])
 def test_stored_operand_gradients_equal_lax_conv_bit_for_bit(
-    k, stride, padding, monkeypatch):
+    k, stride, padding):
   """Without the strided forms every gradient is lax's, bit for bit."""
-  monkeypatch.setattr(conv_lib, 'STRIDED_GRADIENT_FORMS', False)
   x = jax.random.normal(jax.random.key(0), (4, 12, 12, 5))
   w = jax.random.normal(jax.random.key(1), (k, k, 5, 6)) * 0.2
   want = _grads(lax.conv_general_dilated, x, w, (stride, stride), padding)
-  got = _grads(conv_lib.conv_general_dilated, x, w, (stride, stride),
+  got = _grads(conv_lib.conv_function('stored'), x, w, (stride, stride),
                padding)
   for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -167,8 +166,7 @@ def test_grouped_convolutions_are_refused():
 
 @pytest.mark.parametrize('depth,stem,sk_ratio', [(18, 'cifar', 0.0),
                                                  (50, 'imagenet', 0.0625)])
-def test_model_gradients_with_and_without(depth, stem, sk_ratio,
-                                          monkeypatch):
+def test_model_gradients_with_and_without(depth, stem, sk_ratio):
   """Whole-model gradients: stored operands alone change no bit; with the
   strided forms they agree to float32 rounding."""
   config = default.get_config().model
@@ -176,10 +174,9 @@ def test_model_gradients_with_and_without(depth, stem, sk_ratio,
   config.base_width = 4
   x = jax.random.uniform(jax.random.key(0), (4, 32, 32, 3))
   results = []
-  for materialize, forms in ((False, False), (True, False), (True, True)):
-    monkeypatch.setattr(conv_lib, 'STRIDED_GRADIENT_FORMS', forms)
+  for gradients in ('xla', 'stored', 'strided'):
     model = models.create_model(config, num_classes=3,
-                                materialize_conv_inputs=materialize)
+                                conv_gradients=gradients)
     variables = model.init(jax.random.key(1), x, train=False)
 
     def loss(params, model=model, variables=variables):
@@ -206,13 +203,16 @@ def test_the_train_step_uses_it_on_cpu_only_and_when_asked():
   config = default.get_config()
   mesh = parallel.make_mesh()
   assert parallel.platform(mesh) == 'cpu'
-  assert train.materialize_conv_inputs(config, mesh)
+  assert parallel.conv_gradients(config, mesh) == 'strided'
+  config.train.cpu_strided_gradient_forms = False
+  assert parallel.conv_gradients(config, mesh) == 'stored'
   config.train.cpu_materialize_conv_inputs = False
-  assert not train.materialize_conv_inputs(config, mesh)
+  assert parallel.conv_gradients(config, mesh) == 'xla'
   config.train.cpu_materialize_conv_inputs = True
+  config.train.cpu_strided_gradient_forms = True
   setup = train.build(config, mesh, num_classes=0, total_steps=2,
                       steps_per_epoch=1)
-  assert setup.model.materialize_conv_inputs
+  assert setup.model.conv_gradients == 'strided'
 
 
 @pytest.mark.parametrize('k,padding', [(1, ((0, 0), (0, 0))),

@@ -106,7 +106,7 @@ class Classifier(nn.Module):
   proj_layers: int
   num_classes: int
   axis_name: str | None = None
-  materialize_conv_inputs: bool = False  # As `resnet.ResNet`'s.
+  conv_gradients: str = 'xla'  # As `resnet.ResNet`'s.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -119,7 +119,7 @@ class Classifier(nn.Module):
         zero_init_residual=bool(c.zero_init_residual),
         bn_momentum=float(c.bn_momentum), bn_epsilon=float(c.bn_epsilon),
         dtype=dtype, axis_name=self.axis_name,
-        materialize_conv_inputs=self.materialize_conv_inputs,
+        conv_gradients=self.conv_gradients,
         name='encoder')(x, train=train)
     if self.proj_layers > 0:
       h = heads.ProjectionHead(
@@ -302,8 +302,7 @@ def finetune(config: Any, workdir: str) -> dict[str, Any]:
     classifier = Classifier(
         config.model, int(section.from_proj_layer), run.info.num_classes,
         axis_name=AXIS,
-        materialize_conv_inputs=parallel.materialize_conv_inputs(config,
-                                                                 run.mesh))
+        conv_gradients=parallel.conv_gradients(config, run.mesh))
     state = _init_state(classifier, tx, pretrained, int(config.image_size),
                         run.mesh)
     manager, state = checkpoint.resume_or_start(

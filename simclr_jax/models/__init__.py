@@ -82,7 +82,7 @@ def validate_model_config(model_config: Any, num_classes: int = 0) -> None:
 
 def create_model(model_config: Any, *, num_classes: int = 0,
                  axis_name: str | None = None,
-                 materialize_conv_inputs: bool = False) -> SimCLRModel:
+                 conv_gradients: str = 'xla') -> SimCLRModel:
   """Builds the SimCLR network from `config.model` (configs/default.py).
 
   Args:
@@ -92,8 +92,8 @@ def create_model(model_config: Any, *, num_classes: int = 0,
     num_classes: classes of the online linear probe; 0 for none.
     axis_name: mapped axis for global BatchNorm (e.g. 'batch' when the model
       runs inside `jax.shard_map` over a mesh axis 'batch'); None for local BN.
-    materialize_conv_inputs: convolution weight gradients read stored copies
-      of their operands (`resnet.ResNet`; faster on XLA CPU, same values).
+    conv_gradients: the convolutions' gradient forms, one of
+      `conv.GRADIENTS` (`resnet.ResNet`; faster on XLA CPU, same values).
 
   Returns:
     An unbound `SimCLRModel`; `model.init(key, x, train=False)` gives
@@ -113,7 +113,7 @@ def create_model(model_config: Any, *, num_classes: int = 0,
       num_classes=num_classes, bn_momentum=float(c.bn_momentum),
       bn_epsilon=float(c.bn_epsilon), dtype=DTYPES[c.dtype],
       axis_name=axis_name, remat=bool(getattr(c, 'remat', False)),
-      materialize_conv_inputs=materialize_conv_inputs)
+      conv_gradients=conv_gradients)
 
 
 def count_params(module: Any, image_size: int = 32, **kwargs: Any) -> int:

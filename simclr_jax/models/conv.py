@@ -19,7 +19,7 @@ convolutions are computed:
    convolution on the same numbers: bit-identical values.
 
 2. Strided convolutions (stage transitions and projection shortcuts, with
-   `STRIDED_GRADIENT_FORMS`): XLA computes the input gradient of a stride-s
+   `strided_forms=True`): XLA computes the input gradient of a stride-s
    conv as one convolution over the output gradient dilated with s - 1 zeros
    between rows and columns, s * s as many multiply-adds as needed, most of
    them with zeros. `strided_input_gradient` computes each residue class of
@@ -33,13 +33,14 @@ convolutions are computed:
 On 2 CPU cores (bench/cpu_speed.py) the copies made ResNet-18's train step
 1.22x as fast, and the strided forms about 1.06x more. On accelerators,
 whose convolutions take any layout, the copies would be pure cost, so the
-model uses this module on CPU only (`train.cpu_materialize_conv_inputs`;
-pretraining and fine-tuning). Pass it to
-`flax.linen.Conv(conv_general_dilated=...)`.
+model uses this module on CPU only (`train.cpu_materialize_conv_inputs`,
+`train.cpu_strided_gradient_forms`; pretraining and fine-tuning). The models
+take the choice as `conv_gradients` (one of GRADIENTS) and pass
+`conv_function(conv_gradients)` to `flax.linen.Conv(conv_general_dilated=...)`.
 """
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -68,12 +69,15 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array,
                          feature_group_count: int = 1,
                          batch_group_count: int = 1,
                          precision: Any = None,
-                         preferred_element_type: Any = None) -> jax.Array:
-  """`lax.conv_general_dilated`, with the weight gradient described above.
+                         preferred_element_type: Any = None, *,
+                         strided_forms: bool = True) -> jax.Array:
+  """`lax.conv_general_dilated`, with the gradients described above.
 
   Same arguments and result as `lax.conv_general_dilated` (lhs (N, H, W, C)
-  and rhs (kh, kw, C, F) under flax's dimension numbers). Grouped or
-  batch-grouped convolutions are not supported.
+  and rhs (kh, kw, C, F) under flax's dimension numbers). `strided_forms`:
+  item 2 of the module docstring (False: XLA's own gradients for strided
+  convs, stored operands still). Grouped or batch-grouped convolutions are
+  not supported.
   """
   if feature_group_count != 1 or batch_group_count != 1:
     raise ValueError('grouped convolutions are not supported here')
@@ -82,12 +86,33 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array,
   static = (tuple(window_strides), padding,
             None if lhs_dilation is None else tuple(lhs_dilation),
             None if rhs_dilation is None else tuple(rhs_dilation),
-            dimension_numbers, precision, preferred_element_type)
+            dimension_numbers, precision, preferred_element_type,
+            bool(strided_forms))
   return _conv(static, lhs, rhs)
 
 
+# How a model's convolutions take their gradients: 'xla' lax's own; 'stored'
+# weight gradients read stored operands (item 1); 'strided' that and the
+# strided forms (item 2), the CPU default.
+GRADIENTS = ('xla', 'stored', 'strided')
+
+
+def conv_function(gradients: str) -> Callable[..., jax.Array] | None:
+  """The `conv_general_dilated` for `flax.linen.Conv` of one of GRADIENTS.
+
+  None (flax's default, lax's convolution) for 'xla'.
+  """
+  if gradients not in GRADIENTS:
+    raise ValueError(f'conv gradients must be one of {GRADIENTS}, got '
+                     f'{gradients!r}')
+  if gradients == 'xla':
+    return None
+  return functools.partial(conv_general_dilated,
+                           strided_forms=gradients == 'strided')
+
+
 def _plain(static: tuple, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
-  strides, padding, lhs_dil, rhs_dil, dn, precision, out_type = static
+  strides, padding, lhs_dil, rhs_dil, dn, precision, out_type, _ = static
   return lax.conv_general_dilated(
       lhs, rhs, strides, padding, lhs_dilation=lhs_dil, rhs_dilation=rhs_dil,
       dimension_numbers=dn, precision=precision,
@@ -102,19 +127,12 @@ def _conv(static: tuple, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
 def _conv_fwd(static, lhs, rhs):
   return _plain(static, lhs, rhs), (lhs, rhs)
 
-
-# False: XLA's own input gradients for strided convs and weight gradients for
-# strided 1x1 convs (item 2 of the module docstring off; the default before
-# 2026-12-03). Read when a step is traced; a knob for the benches
-# (bench/train_bench.py --no_strided_forms) and tests.
-STRIDED_GRADIENT_FORMS = True
-
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
 def _simple(static: tuple, lhs: jax.Array, rhs: jax.Array) -> bool:
   """Explicit padding, no dilation, flax's NHWC/HWIO layout."""
-  _, padding, lhs_dil, rhs_dil, dn, _, _ = static
+  _, padding, lhs_dil, rhs_dil, dn, _, _, _ = static
   if isinstance(padding, str) or lhs_dil not in (None, (1, 1)):
     return False
   if rhs_dil not in (None, (1, 1)) or lhs.ndim != 4:
@@ -202,7 +220,7 @@ def _pointwise_weight_gradient(lhs: jax.Array, rhs: jax.Array, g: jax.Array,
 def _conv_bwd(static, residuals, g):
   lhs, rhs = residuals
   strides, padding = static[0], static[1]
-  strided = (STRIDED_GRADIENT_FORMS and max(strides) > 1 and
+  strided = (static[-1] and max(strides) > 1 and
              _simple(static, lhs, rhs))
   if strided:
     dx = strided_input_gradient(g, rhs, lhs.shape, strides, padding)

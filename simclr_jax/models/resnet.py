@@ -113,13 +113,13 @@ def batch_norm(train: bool, momentum: float, epsilon: float, dtype: Any,
 
 
 def _conv(features: int, kernel_size: int, strides: int, dtype: Any,
-          name: str, materialize: bool = False) -> nn.Module:
+          name: str, gradients: str = 'xla') -> nn.Module:
   """Bias-free k x k conv with google's fixed symmetric padding.
 
   Pads (k - 1) // 2 before and the rest after, so a stride-s conv maps
   (N, H, W, Cin) to (N, ceil(H / s), ceil(W / s), features) and stride 1 is
-  'SAME'. Computes in `dtype`; the kernel is float32. `materialize`: the
-  gradients take `conv.py`'s forms for XLA CPU (same forward pass).
+  'SAME'. Computes in `dtype`; the kernel is float32. `gradients`: one of
+  `conv.GRADIENTS`, the gradient forms (same forward pass).
   """
   k = kernel_size
   before = (k - 1) // 2
@@ -127,8 +127,7 @@ def _conv(features: int, kernel_size: int, strides: int, dtype: Any,
   return nn.Conv(features, (k, k), strides=(strides, strides), padding=pad,
                  use_bias=False, dtype=dtype, param_dtype=jnp.float32,
                  kernel_init=conv_kernel_init(), name=name,
-                 conv_general_dilated=(conv_lib.conv_general_dilated
-                                       if materialize else None))
+                 conv_general_dilated=conv_lib.conv_function(gradients))
 
 
 class SKConv(nn.Module):
@@ -145,20 +144,20 @@ class SKConv(nn.Module):
     sk_ratio: width of the attention layer relative to `features`.
     norm: BatchNorm constructor (partial of `nn.BatchNorm`).
     dtype: compute dtype.
-    materialize_conv_inputs: see `ResNet`.
+    conv_gradients: see `ResNet`.
   """
   features: int
   strides: int
   sk_ratio: float
   norm: ModuleDef
   dtype: Any = jnp.float32
-  materialize_conv_inputs: bool = False
+  conv_gradients: str = 'xla'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, H, W, Cin) -> (N, H / s, W / s, features) in the compute dtype."""
     f = self.features
-    m = self.materialize_conv_inputs
+    m = self.conv_gradients
     y = _conv(2 * f, 3, self.strides, self.dtype, 'conv', m)(x)
     y = nn.relu(self.norm(name='bn')(y))
     streams = jnp.stack(jnp.split(y, 2, axis=-1))  # (2, N, H, W, f)
@@ -183,7 +182,7 @@ class Shortcut(nn.Module):
   norm: ModuleDef
   resnet_d: bool = False
   dtype: Any = jnp.float32
-  materialize_conv_inputs: bool = False
+  conv_gradients: str = 'xla'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -197,10 +196,10 @@ class Shortcut(nn.Module):
         x = nn.avg_pool(x, (2, 2), strides=(1, 1), padding='SAME',
                         count_include_pad=False)
       x = _conv(self.features, 1, 1, self.dtype, 'conv',
-                self.materialize_conv_inputs)(x)
+                self.conv_gradients)(x)
     else:
       x = _conv(self.features, 1, self.strides, self.dtype, 'conv',
-                self.materialize_conv_inputs)(x)
+                self.conv_gradients)(x)
     return self.norm(name='bn')(x)
 
 
@@ -216,7 +215,7 @@ def _residual_parts(block: nn.Module, x: jax.Array, features: int):
   if block.projection or block.strides != 1 or x.shape[-1] != features:
     shortcut = Shortcut(features, block.strides, block.norm,
                         resnet_d=block.sk_ratio > 0, dtype=block.dtype,
-                        materialize_conv_inputs=block.materialize_conv_inputs,
+                        conv_gradients=block.conv_gradients,
                         name='shortcut')(x)
   last_init = (nn.initializers.zeros if block.zero_init_residual
                else nn.initializers.ones)
@@ -235,7 +234,7 @@ class BasicBlock(nn.Module):
     dtype: compute dtype.
     projection: always use a projection shortcut (the first block of a
       stage); one is used anyway when the stride or the width changes.
-    materialize_conv_inputs: see `ResNet`.
+    conv_gradients: see `ResNet`.
   """
   filters: int
   strides: int
@@ -244,13 +243,13 @@ class BasicBlock(nn.Module):
   sk_ratio: float = 0.0
   dtype: Any = jnp.float32
   projection: bool = False
-  materialize_conv_inputs: bool = False
+  conv_gradients: str = 'xla'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, H, W, Cin) -> (N, H / s, W / s, filters)."""
     shortcut, last_init = _residual_parts(self, x, self.filters)
-    m = self.materialize_conv_inputs
+    m = self.conv_gradients
     y = _conv(self.filters, 3, self.strides, self.dtype, 'conv1', m)(x)
     y = nn.relu(self.norm(name='bn1')(y))
     y = _conv(self.filters, 3, 1, self.dtype, 'conv2', m)(y)
@@ -271,19 +270,19 @@ class BottleneckBlock(nn.Module):
   sk_ratio: float = 0.0
   dtype: Any = jnp.float32
   projection: bool = False
-  materialize_conv_inputs: bool = False
+  conv_gradients: str = 'xla'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """(N, H, W, Cin) -> (N, H / s, W / s, 4 * filters)."""
     out = BOTTLENECK_EXPANSION * self.filters
     shortcut, last_init = _residual_parts(self, x, out)
-    m = self.materialize_conv_inputs
+    m = self.conv_gradients
     y = _conv(self.filters, 1, 1, self.dtype, 'conv1', m)(x)
     y = nn.relu(self.norm(name='bn1')(y))
     if self.sk_ratio > 0:
       y = SKConv(self.filters, self.strides, self.sk_ratio, self.norm,
-                 dtype=self.dtype, materialize_conv_inputs=m,
+                 dtype=self.dtype, conv_gradients=m,
                  name='sk_conv')(y)
     else:
       y = _conv(self.filters, 3, self.strides, self.dtype, 'conv2', m)(y)
@@ -314,12 +313,13 @@ class ResNet(nn.Module):
       pass recomputes a block's activations instead of keeping them, so
       training needs less memory for about one more forward pass of compute.
       Same parameters, outputs and gradients.
-    materialize_conv_inputs: convs take `models/conv.py`'s gradients: every
-      weight gradient reads a stored copy of the conv's input instead of
-      recomputing it inside XLA CPU's transposing copy (same values), and
+    conv_gradients: one of `conv.GRADIENTS`. 'stored': every weight gradient
+      reads a stored copy of the conv's input instead of recomputing it
+      inside XLA CPU's transposing copy (same values); 'strided': that, and
       strided convs' input gradients skip dilation zeros (equal to float
-      rounding): a faster backward pass on CPU, extra copies elsewhere. The
-      train step sets it on CPU (`train.cpu_materialize_conv_inputs`).
+      rounding): a faster backward pass on CPU, extra copies elsewhere.
+      'xla': lax's own. The train step chooses by platform
+      (`parallel.conv_gradients`).
   """
   depth: int = 50
   width_multiplier: int = 1
@@ -332,7 +332,7 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   axis_name: str | None = None
   remat: bool = False
-  materialize_conv_inputs: bool = False
+  conv_gradients: str = 'xla'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -358,7 +358,7 @@ class ResNet(nn.Module):
                       self.axis_name)
     width = self.base_width * self.width_multiplier
     dtype = self.dtype
-    m = self.materialize_conv_inputs
+    m = self.conv_gradients
 
     if self.stem == 'cifar':
       x = _conv(width, 3, 1, dtype, 'stem_conv', m)(x)
@@ -386,7 +386,7 @@ class ResNet(nn.Module):
             strides=2 if (stage > 0 and b == 0) else 1,
             norm=norm, zero_init_residual=self.zero_init_residual,
             sk_ratio=self.sk_ratio, dtype=dtype, projection=b == 0,
-            materialize_conv_inputs=m, name=f'stage{stage + 1}_block{b}')(x)
+            conv_gradients=m, name=f'stage{stage + 1}_block{b}')(x)
     h = jnp.mean(x, axis=(1, 2), dtype=jnp.float32)
     chex.assert_shape(
         h, (x.shape[0], feature_dim(self.depth, self.width_multiplier,

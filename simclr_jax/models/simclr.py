@@ -38,8 +38,8 @@ class SimCLRModel(nn.Module):
     axis_name: mapped axis (e.g. 'batch' under `jax.shard_map`) over which
       every BatchNorm averages its statistics when train=True (global BN).
     remat: rematerialise the encoder's residual blocks (see `resnet.ResNet`).
-    materialize_conv_inputs: the encoder's weight gradients read stored
-      copies (see `resnet.ResNet`; CPU speed, same values).
+    conv_gradients: the encoder's gradient forms (see `resnet.ResNet`;
+      CPU speed, same values).
   """
   depth: int = 50
   width_multiplier: int = 1
@@ -55,7 +55,7 @@ class SimCLRModel(nn.Module):
   dtype: Any = jnp.float32
   axis_name: str | None = None
   remat: bool = False
-  materialize_conv_inputs: bool = False
+  conv_gradients: str = 'xla'
 
   def setup(self):
     self.encoder = resnet.ResNet(
@@ -64,7 +64,7 @@ class SimCLRModel(nn.Module):
         zero_init_residual=self.zero_init_residual,
         bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
         dtype=self.dtype, axis_name=self.axis_name, remat=self.remat,
-        materialize_conv_inputs=self.materialize_conv_inputs)
+        conv_gradients=self.conv_gradients)
     self.projection_head = heads.ProjectionHead(
         num_layers=self.num_proj_layers, out_dim=self.proj_out_dim,
         bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
