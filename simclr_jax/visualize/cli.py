@@ -125,11 +125,11 @@ def draw_workdir(workdir: str, out: str | None = None, *,
     if 'neighbors' in figures:
       written['neighbors'], same = neighbors.draw_neighbors(
           enc, os.path.join(out, 'neighbors.png'), num_queries, k)
-      scored = sample.describe(neighbors.scored_labels(enc))
+      scored = sample.describe(neighbors.scored_labels(enc), 'queries')
+      bank = sample.describe(enc.bank['label'], 'training images')
       log('visualize: neighbours of the same class: ' + ', '.join(
           f'{n} {v:.0%}' for n, v in same.items())
-          + f' ({scored.replace("images", "queries")}; {k} of a bank of '
-          f'{sample.describe(enc.bank["label"])})')
+          + f' ({scored}; k={k} of a bank of {bank})')
   return written
 
 

@@ -54,12 +54,13 @@ class Encoders:
       evals = {k: np.concatenate([evals[k], self.bank[k][extra]])
                for k in evals}
     self.queries = evals
-    log(f'visualize: sampled {sample.describe(evals["label"][:self.num_eval])}'
-        f' of the evaluation split'
-        + (f' (+ {len(evals["label"]) - self.num_eval} training images for '
-           'the t-SNE)' if len(evals['label']) > self.num_eval else '')
-        + f'; a bank of {sample.describe(self.bank["label"])} of the '
-        f'training split (seed {seed})')
+    topped = len(evals['label']) - self.num_eval
+    evaluated = sample.describe(evals['label'][:self.num_eval],
+                                'evaluation images')
+    bank = sample.describe(self.bank['label'], 'training images')
+    log(f'visualize: sampled (seed {seed}) {evaluated}'
+        + (f' (+ {topped} training images for the t-SNE)' if topped else '')
+        + f'; a bank of {bank}')
     self.names = [name for name, _ in encoders]
     self.query_h, self.bank_h = {}, {}
     # Both encoders are the same module: one compiled function.

@@ -70,10 +70,12 @@ class NeighborLayout:
 
   Each panel is a column of queries, then `k` neighbours; panels sit side
   by side. A tile of `cell` px sits `frame` px inside its slot; the frame
-  ring around it is red when the neighbour is of another class.
+  ring around it is red when the neighbour is of another class. A panel is
+  at least `min_panel_width` px wide (room for its header lines).
   """
 
-  def __init__(self, k: int, num_rows: int, num_panels: int, cell: int):
+  def __init__(self, k: int, num_rows: int, num_panels: int, cell: int,
+               min_panel_width: int = 0):
     self.k, self.rows, self.panels, self.cell = k, num_rows, num_panels, cell
     self.frame = max(2, cell // 12)
     self.slot = cell + 2 * self.frame
@@ -82,8 +84,8 @@ class NeighborLayout:
     self.panel_gap = 28
     self.margin = 10
     self.header = 34
-    self.panel_width = (self.slot + self.query_gap + k * self.slot
-                        + (k - 1) * self.gap)
+    self.panel_width = max(int(min_panel_width), self.slot + self.query_gap
+                           + k * self.slot + (k - 1) * self.gap)
 
   @property
   def size(self) -> tuple[int, int]:
@@ -128,7 +130,13 @@ def neighbor_grid(query_images: np.ndarray, bank_images: np.ndarray,
   if cell is None:
     cell = size * max(1, math.ceil(48 / size)) if size < 48 else size
   k = int(panels[0][1].shape[1])
-  layout = NeighborLayout(k, len(query_images), len(panels), cell)
+  heading = f'{k} nearest training images (cosine of h); red: another class'
+  measure = ImageDraw.Draw(Image.new('RGB', (1, 1))).textlength
+  probe = NeighborLayout(k, 1, 1, cell)
+  needed = max([measure(t) for t, _, _ in panels]
+               + [probe.slot + probe.query_gap + measure(heading)])
+  layout = NeighborLayout(k, len(query_images), len(panels), cell,
+                          math.ceil(needed) + 2)
   grid = Image.new('RGB', layout.size, 'white')
   draw = ImageDraw.Draw(grid)
   for p, (title, idx, mismatch) in enumerate(panels):
@@ -136,8 +144,7 @@ def neighbor_grid(query_images: np.ndarray, bank_images: np.ndarray,
     draw.text((x0, 4), title, fill='black')
     nx, _, _, _ = layout.slot_box(p, 0, 0)
     draw.text((x0, 18), 'query', fill='black')
-    draw.text((nx, 18), f'{k} nearest training images (cosine of h); red: '
-              'another class', fill='black')
+    draw.text((nx, 18), heading, fill='black')
     for row in range(len(query_images)):
       for col in range(-1, k):
         box = layout.slot_box(p, row, col)

@@ -13,7 +13,8 @@ How it reads a split (one process, `eval_iterator`'s preprocessing):
 * arrays in memory (`data.arrays.ArraySource`: digits, small TFDS sets): one
   pass, keeping the chosen rows;
 * streamed TFDS sets: one pass with a seeded reservoir per class of
-  ceil(limit / num_classes) images.
+  2 * ceil(limit / num_classes) images (so at most twice `limit` images in
+  memory), then balanced as the others.
 """
 
 from __future__ import annotations
@@ -118,10 +119,17 @@ def _keep(batches: Iterable[dict], positions: np.ndarray | None) -> Sample:
 
 def reservoir(batches: Iterable[dict], limit: int, num_classes: int,
               seed: Any = 0) -> Sample:
-  """A seeded uniform sample of up to ceil(limit / num_classes) rows per
-  label of a stream of eval batches (one pass), cut to `limit` rows by
-  `balanced_positions`; rows in order of their label, then of the stream."""
-  cap = math.ceil(limit / max(num_classes, 1))
+  """A class-balanced sample of a stream of eval batches, in one pass.
+
+  A seeded uniform sample of up to 2 * ceil(limit / num_classes) rows per
+  label (room for the classes with more rows to fill in for those with
+  fewer), cut to `limit` rows by `balanced_positions`.
+
+  Returns:
+    {'image', 'label'} as `sample_split`, rows in order of their label, then
+    of the stream.
+  """
+  cap = 2 * math.ceil(limit / max(num_classes, 1))
   rng = np.random.default_rng(seed)
   kept, seen = {}, {}
   for x, y in _rows(batches):
@@ -199,10 +207,10 @@ def class_names(source: Any) -> tuple[str, ...]:
   return ()
 
 
-def describe(labels: Sequence[int]) -> str:
+def describe(labels: Sequence[int], noun: str = 'images') -> str:
   """'N images, C classes' (or 'unlabelled') of a sample's labels."""
   labels = np.asarray(labels)
   classes = len(np.unique(labels[labels >= 0]))
   what = (f'{classes} class{"es" if classes != 1 else ""}' if classes
           else 'unlabelled')
-  return f'{len(labels)} images, {what}'
+  return f'{len(labels)} {noun}, {what}'

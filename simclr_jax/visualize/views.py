@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Sequence, TYPE_CHECKING
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -25,17 +25,13 @@ from simclr_jax.data.scan import IMAGE_EXTENSIONS
 from simclr_jax.visualize import load
 from simclr_jax.visualize import sample
 
-if TYPE_CHECKING:
-  import jax  # pylint: disable=g-bad-import-order
-  from simclr_jax import augment
-
 SAMPLE_PHOTOS = ('astronaut', 'coffee', 'chelsea', 'rocket')
 
 
 @functools.cache
 def _two_views() -> Any:
-  import jax  # pylint: disable=g-import-not-at-top,redefined-outer-name
-  from simclr_jax import augment  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  import jax  # pylint: disable=g-import-not-at-top
+  from simclr_jax import augment  # pylint: disable=g-import-not-at-top
   return jax.jit(augment.two_views, static_argnums=2)
 
 
@@ -73,9 +69,15 @@ def load_photos(folder: str | None, num_images: int,
   return out
 
 
-def make_views(key: jax.Array, photo: np.ndarray, spec: augment.AugmentSpec,
+def make_views(key: Any, photo: np.ndarray, spec: Any,
                num_pairs: int) -> tuple[np.ndarray, np.ndarray]:
   """`num_pairs` pairs of views of one uint8 (H, W, 3) photo.
+
+  Args:
+    key: a `jax.random.key`.
+    photo: uint8 (H, W, 3).
+    spec: an `augment.AugmentSpec`.
+    num_pairs: pairs of views.
 
   Returns:
     Two uint8 (num_pairs, S, S, 3) arrays.
@@ -139,8 +141,8 @@ def render_grid(photos: Sequence[np.ndarray], pairs: Sequence[Any],
 def views_grid(photos: Sequence[np.ndarray], augment_config: Any,
                num_pairs: int = 3, seed: int = 0) -> Image.Image:
   """Rows of [photo | pairs of SimCLR views] of a config's `augment`."""
-  import jax  # pylint: disable=g-import-not-at-top,redefined-outer-name
-  from simclr_jax import augment  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  import jax  # pylint: disable=g-import-not-at-top
+  from simclr_jax import augment  # pylint: disable=g-import-not-at-top
   spec = augment.AugmentSpec.from_config(augment_config)
   key = jax.random.key(seed)
   pairs = [make_views(jax.random.fold_in(key, i), photo, spec, num_pairs)
@@ -176,8 +178,8 @@ def draw_views(config: Any, path: str, *, images: str | None,
   if images == 'data':
     got = eval_samples(config, num_images, seed)
     photos = list(got['image'])
-    log(f'visualize: views of {sample.describe(got["label"])} of the '
-        'evaluation split')
+    log('visualize: views of '
+        f'{sample.describe(got["label"], "evaluation images")}')
   else:
     try:
       photos = load_photos(None if images == 'samples' else images,
