@@ -155,16 +155,19 @@ def _parser() -> argparse.ArgumentParser:
                       "config's evaluation images), 'samples' (scikit-image "
                       "photos) or a folder")
   parser.add_argument('--num_points', type=int, default=2000,
-                      help='images in the t-SNE')
+                      help='evaluation images in the t-SNE and scored for '
+                      'neighbours (a class-balanced sample)')
   parser.add_argument('--bank_size', type=int, default=10000,
-                      help='training images searched for neighbours')
+                      help='training images searched for neighbours (a '
+                      'class-balanced sample)')
   parser.add_argument('--num_queries', type=int, default=10)
   parser.add_argument('--k', type=int, default=8, help='neighbours per query')
   parser.add_argument('--num_images', type=int, default=4,
                       help='photos in the views grid')
   parser.add_argument('--num_pairs', type=int, default=3,
                       help='pairs of views per photo')
-  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--seed', type=int, default=0,
+                      help='seed of the samples, the t-SNE and the views')
   return parser
 
 
