@@ -1,4 +1,5 @@
-"""The figures of `python -m simclr_jax.visualize` on a tiny pretraining run."""
+"""The figures of `python -m simclr_jax.visualize` on a tiny pretraining run,
+and on a class folder sorted by class (every figure samples every class)."""
 
 import json
 import os
@@ -6,6 +7,8 @@ import subprocess
 import sys
 
 import jax
+import matplotlib.text
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,6 +18,8 @@ from simclr_jax import parallel
 from simclr_jax import show_views
 from simclr_jax import train
 from simclr_jax import visualize
+from simclr_jax.visualize import sample
+from simclr_jax.visualize import tsne
 from tiny import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -187,13 +192,144 @@ def test_views_command_line_on_a_folder_and_the_config_data(tmp_path):
   assert show_views.IMAGE_EXTENSIONS is data.IMAGE_EXTENSIONS
 
 
-def test_module_runs_as_a_command(tmp_path):
-  """`python -m simclr_jax.visualize --views` on the digits of the demo."""
-  env = dict(os.environ, MPLBACKEND='Agg')
+# A class folder as CIFAR-10's: sorted by class, every image of a class of
+# one colour (so an image shows its class), with some noise (all distinct).
+CLASSES = ('cat', 'dog', 'eel', 'fox', 'gnu')
+COLOURS = np.array([(200, 30, 30), (30, 200, 30), (30, 30, 200),
+                    (200, 200, 30), (30, 200, 200)])
+
+
+def _class_folder(root, per_class, seed):
+  rng = np.random.default_rng(seed)
+  for c, name in enumerate(CLASSES):
+    os.makedirs(os.path.join(root, name))
+    for j in range(per_class):
+      x = COLOURS[c] + rng.integers(0, 20, (8, 8, 3))
+      Image.fromarray(x.astype(np.uint8)).save(
+          os.path.join(root, name, f'{j:03d}.png'))
+
+
+def _colour_class(images):
+  """The class each uint8 (n, 8, 8, 3) image's colour belongs to."""
+  mean = np.asarray(images, np.float64).mean(axis=(1, 2))
+  return np.argmin(((mean[:, None] - COLOURS[None]) ** 2).sum(-1), axis=1)
+
+
+@pytest.fixture(scope='module')
+def folder_workdir(tiny_pretrained, tmp_path_factory):
+  """A linear-evaluation workdir of the tiny encoder on a sorted folder:
+  12 training and 8 test images per class."""
+  pretrain_dir, _, _ = tiny_pretrained
+  root = tmp_path_factory.mktemp('classes')
+  _class_folder(str(root / 'train'), 12, 0)
+  _class_folder(str(root / 'test'), 8, 1)
+  with open(os.path.join(pretrain_dir, 'config.json')) as f:
+    config = json.load(f)
+  config['mode'] = 'linear_eval'
+  config['init_from'] = pretrain_dir
+  config['data'].update(source='folder', data_dir=str(root / 'train'),
+                        eval_dir=str(root / 'test'))
+  workdir = root / 'linear'
+  workdir.mkdir()
+  (workdir / 'config.json').write_text(json.dumps(config))
+  (workdir / 'metrics.jsonl').write_text(''.join(
+      json.dumps({'step': s, 'loss': 2.0 / s}) + '\n' for s in (1, 2, 3)))
+  return str(workdir)
+
+
+def test_balanced_positions_share_the_limit_between_classes():
+  labels = np.repeat(np.arange(4), [30, 30, 30, 2])  # Sorted by class.
+  pos = visualize.balanced_positions(labels, 20, 0)
+  assert list(np.bincount(labels[pos])) == [6, 6, 6, 2]
+  assert len(set(pos)) == 20 and list(pos) == sorted(pos)
+  np.testing.assert_array_equal(pos,
+                                visualize.balanced_positions(labels, 20, 0))
+  assert not np.array_equal(pos, visualize.balanced_positions(labels, 20, 1))
+  # Fewer rows than classes: as many classes as rows, one row each.
+  few = labels[visualize.balanced_positions(labels, 3, 5)]
+  assert len(set(few)) == 3
+  assert len(visualize.balanced_positions(labels, 500, 0)) == len(labels)
+  # A stream's reservoir: the same share of each class, its own rows.
+  batch = {'image': np.repeat(np.arange(92, dtype=np.uint8), 3)
+                    .reshape(92, 1, 1, 3), 'label': labels.astype(np.int32),
+           'mask': np.ones(92, bool)}
+  got = sample.reservoir([batch], 20, 4, 0)
+  assert list(np.bincount(got['label'])) == [6, 6, 6, 2]
+  np.testing.assert_array_equal(labels[got['image'][:, 0, 0, 0]], got['label'])
+
+
+def test_every_sample_of_a_sorted_folder_covers_every_class(folder_workdir):
+  config = visualize.load_run_config(folder_workdir)
+  source = visualize.load.make_source(config)
+  assert visualize.class_names(source) == CLASSES
+  for split, limit, per_class in (('eval', 10, 2), ('train', 15, 3)):
+    got = visualize.sample_split(source, split, 16, limit, 0)
+    # Equal counts of every class, images of their label, all distinct.
+    assert list(np.bincount(got['label'], minlength=5)) == [per_class] * 5
+    np.testing.assert_array_equal(_colour_class(got['image']), got['label'])
+    assert len({x.tobytes() for x in got['image']}) == limit
+    again = visualize.sample_split(source, split, 16, limit, 0)
+    np.testing.assert_array_equal(again['image'], got['image'])
+  # views.png: four images of four classes.
+  photos = visualize.eval_images(config, 4)
+  assert len(set(_colour_class(np.stack(photos)))) == 4
+
+
+def test_folder_figures_cover_every_class_and_name_it(folder_workdir):
+  config = visualize.load_run_config(folder_workdir)
+  lines = []
+  enc = visualize.Encoders(config, folder_workdir, random_init=False,
+                           num_points=10, bank_size=15, log=lines.append)
+  assert list(np.bincount(enc.queries['label'])) == [2] * 5
+  assert list(np.bincount(enc.bank['label'])) == [3] * 5
+  assert enc.num_eval == 10
+  assert ('10 evaluation images, 5 classes; a bank of 15 training images, '
+          '5 classes') in lines[0], lines
+  # The neighbour grid: one query per class.
+  queries = visualize.pick_queries(enc.queries['label'], 5)
+  assert sorted(enc.queries['label'][queries]) == [0, 1, 2, 3, 4]
+  fig = tsne.tsne_panels_figure(enc, title='final: kNN 0.123 (random init '
+                                '0.045), probe 0.234 (random init 0.056), '
+                                'linear_eval_top1 0.345')
+  legend = fig.axes[0].get_legend()
+  assert [t.get_text() for t in legend.get_texts()] == list(CLASSES)
+  assert 't-SNE of h: 10 images, 5 classes' in fig.get_suptitle()
+  # No text runs off the figure at its default size.
+  canvas = FigureCanvasAgg(fig)  # As savefig: layout done, text placed.
+  canvas.draw()
+  renderer = canvas.get_renderer()
+  box = fig.bbox
+  texts = [t for t in fig.findobj(matplotlib.text.Text)
+           if t.get_visible() and t.get_text()]
+  assert len(texts) >= 2 + 1 + len(CLASSES)  # Titles, legend title, names.
+  for text in texts:
+    extent = text.get_window_extent(renderer)
+    assert (extent.x0 >= box.x0 - 1 and extent.x1 <= box.x1 + 1
+            and extent.y0 >= box.y0 - 1 and extent.y1 <= box.y1 + 1), (
+                text.get_text(), extent, box)
+
+
+def test_module_runs_as_a_command_without_tf_notices(folder_workdir,
+                                                     tmp_path):
+  """`python -m simclr_jax.visualize` on the folder: every figure, the
+  classes and images each covers, and no TensorFlow start-up notices."""
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('TF_CPP_MIN_LOG_LEVEL', 'TF_ENABLE_ONEDNN_OPTS')}
+  env['MPLBACKEND'] = 'Agg'
   got = subprocess.run(
-      [sys.executable, '-m', 'simclr_jax.visualize', '--views', '--config',
-       'configs/demo.py', '--out', str(tmp_path)], cwd=ROOT, env=env,
-      capture_output=True, text=True, timeout=300, check=False)
+      [sys.executable, '-m', 'simclr_jax.visualize', '--workdir',
+       folder_workdir, '--out', str(tmp_path), '--num_points', '10',
+       '--bank_size', '15', '--num_queries', '5', '--k', '3'], cwd=ROOT,
+      env=env, capture_output=True, text=True, timeout=300, check=False)
   assert got.returncode == 0, got.stderr[-2000:]
-  image = _png(str(tmp_path / 'views.png'))
-  assert image.shape[0] == 18 + 4 * (64 + 16) + 16
+  for name in visualize.FIGURES:
+    _png(str(tmp_path / f'{name}.png'))
+  out = got.stdout
+  assert 'views of 4 evaluation images, 4 classes' in out, out
+  assert 't-SNE of 10 images, 5 classes' in out, out
+  assert ('(10 queries, 5 classes; k=3 of a bank of 15 training images, 5 '
+          'classes)') in out, out
+  notices = [l for l in got.stderr.splitlines()
+             if any(w in l for w in ('oneDNN', 'tensorflow', 'TensorFlow',
+                                     'cpu_feature_guard', 'TF_ENABLE'))]
+  assert not notices, got.stderr
