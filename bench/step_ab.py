@@ -68,7 +68,6 @@ def main() -> None:
   parallel.setup_cpu_devices(args.cpu_devices)
   import jax  # pylint: disable=g-import-not-at-top
   import train_bench  # pylint: disable=g-import-not-at-top
-  from simclr_jax import train  # pylint: disable=g-import-not-at-top
 
   bench_args = train_bench._parse_args(  # pylint: disable=protected-access
       ['--cases=r18_32', '--dtype=float32', f'--batch_r18={args.batch}'] +
@@ -76,20 +75,14 @@ def main() -> None:
   mesh = parallel.make_mesh()
   progs = {}
   for name in (args.a, args.b):
-    config, num_classes, shape = train_bench.case_config('r18_32', bench_args)
-    config.train.cpu_strided_gradient_forms = name != 'no_strided_forms'
-    config.train.cpu_materialize_conv_inputs = name != 'no_materialize'
-    batch = config.train.global_batch_size
-    setup = train.build(config, mesh, num_classes=num_classes,
-                        total_steps=2 * args.steps + 4,
-                        steps_per_epoch=2 * args.steps + 4)
-    state = setup.init_state()
-    key = setup.replicated_train_key()
-    data, = train_bench.random_batches(batch, shape, num_classes, mesh,
-                                       count=1)
-    compiled = setup.train_step.lower(state, data['image'], data['label'],
-                                      key).compile()
-    progs[name] = {'step': compiled, 'state': state, 'data': data, 'key': key,
+    def overrides(config, name=name):
+      config.train.cpu_strided_gradient_forms = name != 'no_strided_forms'
+      config.train.cpu_materialize_conv_inputs = name != 'no_materialize'
+    prep = train_bench.prepare_case('r18_32', bench_args, mesh,
+                                    total_steps=2 * args.steps + 4,
+                                    num_batches=1, overrides=overrides)
+    progs[name] = {'step': prep.compiled, 'state': prep.state,
+                   'data': prep.batches[0], 'key': prep.train_key,
                    'times': [], 'loss': None}
 
   for i in range(args.steps + 1):

@@ -38,6 +38,7 @@ it compiles in seconds: a smoke check whose times mean little.
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -157,7 +158,7 @@ import platform
 import re
 import statistics
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -301,36 +302,70 @@ def random_batches(batch: int, shape: tuple, num_classes: int,
   return batches
 
 
-def run_case(case: str, args: argparse.Namespace, mesh: jax.sharding.Mesh,
-             peak: float | None) -> dict[str, Any]:
-  """Compiles and times the train step of one case; returns its JSON record."""
+@dataclasses.dataclass
+class Prepared:
+  """One case built, initialised and compiled, as every bench times it."""
+  config: Any
+  num_classes: int      # classes of the online probe
+  shape: tuple          # per-example shape of a batch's images
+  setup: Any            # train.Setup
+  state: Any            # the initial TrainState on the mesh
+  train_key: jax.Array  # replicated train key
+  batches: list[dict]   # random batches on the mesh (see random_batches)
+  compiled: Any         # the compiled train step
+  init_s: float
+  lower_s: float
+  compile_s: float
+
+
+def prepare_case(case: str, args: argparse.Namespace, mesh: jax.sharding.Mesh,
+                 *, total_steps: int, num_batches: int = 2,
+                 overrides: Callable[[Any], None] | None = None) -> Prepared:
+  """Builds `case` with `train.build`, initialises it and compiles its step.
+
+  The one build/lower/compile sequence that train_bench, step_ab and (through
+  train_bench) cpu_speed time. `overrides(config)` may change the case's
+  config before the build (step_ab's conv-gradient settings).
+  """
   config, num_classes, shape = case_config(case, args)
+  if overrides is not None:
+    overrides(config)
   batch = config.train.global_batch_size
   if batch % mesh.size:
     raise ValueError(f'{case}: global batch {batch} is not divisible by the '
                      f'{mesh.size} devices; change --batch_r18/--batch_r50')
-  total_steps = args.warmup + args.steps + 1
-  if args.no_augment:
+  if getattr(args, 'no_augment', False):
     _no_augment(config.image_size)
   setup = train.build(config, mesh, num_classes=num_classes,
                       total_steps=total_steps, steps_per_epoch=total_steps)
-  model = setup.model
   t0 = time.perf_counter()
   state = setup.init_state()
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
   train_key = setup.replicated_train_key()
-  step_fn = setup.train_step
-
-  batches = random_batches(batch, shape, num_classes, mesh, count=2)
-
+  batches = random_batches(batch, shape, num_classes, mesh, count=num_batches)
   t0 = time.perf_counter()
-  lowered = step_fn.lower(state, batches[0]['image'], batches[0]['label'],
-                          train_key)
+  lowered = setup.train_step.lower(state, batches[0]['image'],
+                                   batches[0]['label'], train_key)
   lower_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
+  return Prepared(config, num_classes, shape, setup, state, train_key, batches, compiled, init_s,
+                  lower_s, compile_s)
+
+
+def run_case(case: str, args: argparse.Namespace, mesh: jax.sharding.Mesh,
+             peak: float | None) -> dict[str, Any]:
+  """Compiles and times the train step of one case; returns its JSON record."""
+  prep = prepare_case(case, args, mesh,
+                      total_steps=args.warmup + args.steps + 1)
+  config, model = prep.config, prep.setup.model
+  num_classes, shape = prep.num_classes, prep.shape
+  batch = config.train.global_batch_size
+  state, train_key, batches, compiled = (prep.state, prep.train_key,
+                                         prep.batches, prep.compiled)
+  init_s, lower_s, compile_s = prep.init_s, prep.lower_s, prep.compile_s
 
   def one_step(i):
     nonlocal state
