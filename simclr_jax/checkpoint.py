@@ -16,6 +16,7 @@ import gc
 import logging as py_logging
 import os
 import re
+import shutil
 import sys
 import threading
 import weakref
@@ -27,6 +28,8 @@ from etils import epath
 
 from simclr_jax import storage
 
+# What orbax adds to the name of a checkpoint's folder while it is written.
+TMP_MARK = '.orbax-checkpoint-tmp'
 # The managers that write (create_manager), for abandon_open.
 _OPEN: weakref.WeakSet = weakref.WeakSet()
 
@@ -47,15 +50,34 @@ def create_manager(workdir: str, *, keep: int = 3,
   wait, and main.py tells it in one line.
   """
   storage.drop_orbax_write_reports()
+  if jax.process_index() == 0:
+    remove_unfinished_saves(workdir)
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep if keep > 0 else None,
       save_interval_steps=max(save_every_steps, 1),
       create=True,
-      cleanup_tmp_directories=True,
       enable_async_checkpointing=True)
   manager = ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
   _OPEN.add(manager)
   return manager
+
+
+def remove_unfinished_saves(workdir: str) -> int:
+  """Removes the temporary folders of saves that never finished; how many.
+
+  A run killed mid-save leaves `checkpoints/<step>.orbax-checkpoint-tmp...`.
+  Removed here, at once, rather than by orbax's `cleanup_tmp_directories`,
+  whose background thread can outlive a run that stops at once (a refused
+  resume) and then fails noisily at interpreter exit.
+  """
+  folder = checkpoint_dir(workdir)
+  try:
+    names = [n for n in os.listdir(folder) if TMP_MARK in n]
+  except OSError:
+    return 0
+  for name in names:
+    shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+  return len(names)
 
 
 def abandon_open(timeout: float = 60.0) -> bool:

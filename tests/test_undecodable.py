@@ -19,24 +19,11 @@ from simclr_jax import data as ip
 from simclr_jax.data import failures
 from simclr_jax.data import host_ops
 from simclr_jax.data import tfds as tfds_source
+from images import damaged_jpeg  # pylint: disable=g-bad-import-order
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JUNK_TRAIN = (7, 23)  # Generated examples whose image is junk.
 JUNK_TEST = (3,)
-
-
-def damaged_jpeg(seed: int, size: int = 8) -> bytes:
-  """A real JPEG whose entropy-coded data is junk (SOI..SOS and EOI kept)."""
-  rng = np.random.default_rng(seed)
-  buf = io.BytesIO()
-  Image.fromarray(rng.integers(0, 256, (size, size, 3), np.uint8)).save(
-      buf, 'JPEG', quality=90)
-  good = buf.getvalue()
-  sos = good.rfind(b'\xff\xda')
-  start = sos + 2 + int.from_bytes(good[sos + 2:sos + 4], 'big')
-  end = good.rfind(b'\xff\xd9')
-  junk = rng.integers(0, 255, end - start - 2, dtype=np.uint8).tobytes()
-  return good[:start] + b'\xff\x6b' + junk + good[end:]
 
 
 class TinyBad(tfds.core.GeneratorBasedBuilder):
@@ -164,6 +151,18 @@ def test_tfds_junk_records_through_main_are_counted(tiny_bad, tmp_path):
   listed = (workdir / 'undecodable.txt').read_text().splitlines()
   assert len(listed) == len(JUNK_TRAIN) + len(JUNK_TEST)
   assert 'undecodable file(s)' in ok.stderr
+  # Export: the junk records are left out and the index skips them.
+  out = tmp_path / 'export'
+  export = subprocess.run(args + [f'--workdir={out}', '--config.mode=export',
+                                  f'--config.init_from={workdir}'],
+                          cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+  assert export.returncode == 0 and 'Traceback' not in export.stderr, (
+      export.stderr[-3000:])
+  index = np.load(out / 'export' / 'eval_index.npy')
+  assert len(np.load(out / 'export' / 'eval_h.npy')) == len(index) == 9
+  junk = _junk_positions(tiny_bad, 'test')
+  assert sorted(set(range(10)) - set(index.tolist())) == junk
   stop = subprocess.run(args + [f'--workdir={tmp_path / "s"}',
                                 '--config.data.on_undecodable=stop'],
                         cwd=ROOT, env=env, capture_output=True, text=True,

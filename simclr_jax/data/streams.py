@@ -75,6 +75,23 @@ def train_views(steps: tf.data.Dataset, view: Callable, batch: int,
   return ds.prefetch(max(int(config.data.prefetch), 1))
 
 
+def _decoded_or_empty(candidates: tf.data.Dataset, view: Callable,
+                      parallel: int) -> tf.data.Dataset:
+  """One element: the (images, labels, positions) of the candidates that decode.
+
+  `candidates`: (raw, label, key, position) of one step. Those whose
+  `view(raw, key)` fails are left out; when none decodes the element is
+  empty (a step always gives one element).
+  """
+  ds = candidates.map(host_ops.plain(lambda r, y, k, q: (view(r, k), y, q)),
+                      num_parallel_calls=parallel, deterministic=True)
+  shape = [0] + [d or 0 for d in ds.element_spec[0].shape.as_list()]
+  empty = tf.data.Dataset.from_tensors(
+      (tf.zeros(shape, tf.uint8), tf.zeros([0], tf.int32),
+       tf.zeros([0], tf.int32)))
+  return ds.ignore_errors().batch(1 << 20).concatenate(empty).take(1)
+
+
 def overflow_key(step: int, position: int, num_local: int,
                  process_index: int, process_count: int) -> int:
   """Crop key of candidate `position` >= width of a step (negative, unique)."""
@@ -215,15 +232,8 @@ class FileBatches:
     view = self.view
 
     def one_step(raw, labels, keys, positions, step):
-      ds = tf.data.Dataset.from_tensor_slices((raw, labels, keys, positions))
-      ds = ds.map(host_ops.plain(lambda r, y, k, q: (view(r, k), y, q)),
-                  num_parallel_calls=parallel, deterministic=True)
-      shape = [0] + [d or 0 for d in ds.element_spec[0].shape.as_list()]
-      empty = tf.data.Dataset.from_tensors(
-          (tf.zeros(shape, tf.uint8), tf.zeros([0], tf.int32),
-           tf.zeros([0], tf.int32)))
-      # The decoded ones as one batch, or an empty one: one element a step.
-      ds = ds.ignore_errors().batch(width).concatenate(empty).take(1)
+      ds = _decoded_or_empty(tf.data.Dataset.from_tensor_slices(
+          (raw, labels, keys, positions)), view, parallel)
       return ds.map(host_ops.plain(lambda x, y, q: (x, y, q, step)))
 
     ds = steps.interleave(host_ops.plain(one_step),
@@ -328,14 +338,8 @@ class SpareSteps:
 
     def one_step(raw, labels, keys, names):
       positions = tf.range(tf.shape(raw)[0])
-      ds = tf.data.Dataset.from_tensor_slices((raw, labels, keys, positions))
-      ds = ds.map(host_ops.plain(lambda r, y, k, q: (view(r, k), y, q)),
-                  num_parallel_calls=parallel, deterministic=True)
-      shape = [0] + [d or 0 for d in ds.element_spec[0].shape.as_list()]
-      empty = tf.data.Dataset.from_tensors(
-          (tf.zeros(shape, tf.uint8), tf.zeros([0], tf.int32),
-           tf.zeros([0], tf.int32)))
-      ds = ds.ignore_errors().batch(1 << 20).concatenate(empty).take(1)
+      ds = _decoded_or_empty(tf.data.Dataset.from_tensor_slices(
+          (raw, labels, keys, positions)), view, parallel)
       return ds.map(host_ops.plain(lambda x, y, q: (x, y, q, names)))
 
     ds = self.steps.interleave(host_ops.plain(one_step),
