@@ -9,14 +9,25 @@ augmentation strategy and a bfloat16 step. One default device is enough.
 """
 
 import functools
+import os
 
 import jax
 import numpy as np
+import pytest
 
 from simclr_jax import augment
 from simclr_jax import parallel
 from simclr_jax import train
 from tiny import tiny_config
+
+
+# On the CPU, tests/test_train.py already checks one device against eight
+# and tests/test_models.py bfloat16 against float32: the two costly cases
+# here (48 s on 2 cores) run only on an accelerator
+# (SIMCLR_TEST_ACCELERATOR=1, bench/gpu_check.py).
+on_accelerator_only = pytest.mark.skipif(
+    os.environ.get('SIMCLR_TEST_ACCELERATOR') != '1',
+    reason='CPU twin in tests/test_train.py; runs under bench/gpu_check.py')
 
 
 def _one_step(config, mesh, seed=0):
@@ -59,6 +70,7 @@ def _assert_updates_close(before, after_a, after_b, rtol):
     assert err <= rtol * scale, (jax.tree_util.keystr(path), err, scale)
 
 
+@on_accelerator_only
 def test_train_step_on_default_device_equals_eight_cpu_devices():
   """Loss, metrics, parameter updates and BatchNorm statistics after one
   float32 step: one default device (a GPU under gpu_check, with XLA's own
@@ -103,6 +115,7 @@ def test_auto_augmentation_on_default_device_equals_cpu():
     np.testing.assert_allclose(a, b, atol=2e-3)
 
 
+@on_accelerator_only
 def test_bfloat16_step_on_default_device_is_close_to_float32():
   _, f32, m32 = _float32_step_on_default_device()
   config = tiny_config()
