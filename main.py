@@ -117,6 +117,10 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   # Validate before the heavy imports: a bad value costs a second, not ten.
   validate()
+  # The image decoders' own lines (libjpeg, libpng) go to the workdir.
+  from simclr_jax import native_stderr  # pylint: disable=g-import-not-at-top
+  native_stderr.divert(os.path.join(os.path.abspath(FLAGS.workdir),
+                                    native_stderr.LOG_NAME))
   from simclr_jax import config_lib  # pylint: disable=g-import-not-at-top
   from simclr_jax import train  # pylint: disable=g-import-not-at-top
   from simclr_jax.evaluate import modes  # pylint: disable=g-import-not-at-top

@@ -9,8 +9,12 @@ run killed mid-save resumes from the previous checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import logging as py_logging
 import os
-from typing import Any
+import sys
+from typing import Any, Callable, Iterator
 
 import jax
 import orbax.checkpoint as ocp
@@ -87,6 +91,89 @@ class DamagedCheckpoint(RuntimeError):
   """A checkpoint that exists but cannot be read."""
 
 
+def first_cause(e: BaseException) -> str:
+  """The innermost cause of `e` in one short line ('ValueError: ...').
+
+  orbax wraps TensorStore's error (which names the file and what is wrong
+  with it) in an exception whose text is a whole TensorStore spec.
+  """
+  while e.__cause__ is not None:
+    e = e.__cause__
+  line = (str(e).strip().splitlines() or [''])[0]
+  return f'{type(e).__name__}: {line}'[:240]
+
+
+# orbax reads the arrays of a checkpoint as concurrent asyncio tasks. When
+# some fail, the first failure is raised and the others are reported by
+# asyncio as 'Task exception was never retrieved' (a traceback and a
+# TensorStore spec each, dozens of them for one damaged file) or by the
+# interpreter as 'Exception ignored in: <coroutine ...>'. These name the
+# coroutines of such a read.
+_READ_COROUTINES = ('async_deserialize', '_read_array_index_and_device_put',
+                    '_read_and_create_array', '_read_shard')
+
+
+class _FailedReadReports(py_logging.Filter):
+  """Drops asyncio's reports of the read tasks of a failed restore (counted)."""
+
+  def __init__(self):
+    super().__init__()
+    self.dropped = 0
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    if any(name in record.getMessage() for name in _READ_COROUTINES):
+      self.dropped += 1
+      return False
+    return True
+
+
+@contextlib.contextmanager
+def _read_reports_dropped() -> Iterator[_FailedReadReports]:
+  """Inside, asyncio's and the interpreter's reports of orbax reads are dropped."""
+  reports = _FailedReadReports()
+  logger = py_logging.getLogger('asyncio')
+  logger.addFilter(reports)
+  previous_hook = sys.unraisablehook
+
+  def hook(unraisable):
+    if any(name in repr(unraisable.object) for name in _READ_COROUTINES):
+      reports.dropped += 1
+      return
+    previous_hook(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    yield reports
+  finally:
+    sys.unraisablehook = previous_hook
+    logger.removeFilter(reports)
+
+
+def read_or_damaged(read: Callable[[], Any]) -> Any:
+  """`read()`, or `DamagedCheckpoint` with the one line of why it failed.
+
+  When one array of a checkpoint cannot be read, orbax raises the first
+  failure; the sibling read tasks fail too and are reported when they are
+  garbage-collected, by asyncio's logger ('Task exception was never
+  retrieved', a traceback and a TensorStore spec each) or by the
+  interpreter ('Exception ignored in: <coroutine ...>'): dozens for one
+  damaged file. Here the failure becomes one line, its traceback (whose
+  frames hold those tasks) is dropped and the garbage collected while
+  reports about orbax's read coroutines, and only those, are dropped.
+
+  Raises:
+    DamagedCheckpoint: `read` raised; its message is the innermost cause.
+  """
+  message = None
+  with _read_reports_dropped():
+    try:
+      return read()
+    except Exception as e:  # pylint: disable=broad-except
+      message = first_cause(e)
+    gc.collect()  # `e` is gone: its tasks are collected and reported here.
+  raise DamagedCheckpoint(message)
+
+
 def set_aside(workdir: str, step: int) -> str:
   """Moves checkpoint `step` out of `workdir/checkpoints` (kept for a post-mortem).
 
@@ -112,19 +199,14 @@ def restore_step(manager: ocp.CheckpointManager, target: Any, step: int) -> Any:
     DamagedCheckpoint: the checkpoint cannot be read (a missing or truncated
       file, missing metadata).
   """
-  try:
-    mismatch = mismatched_params(manager, step, target.params)
-  except Exception as e:  # pylint: disable=broad-except
-    raise DamagedCheckpoint(f'{type(e).__name__}: {e}') from e
+  mismatch = read_or_damaged(
+      lambda: mismatched_params(manager, step, target.params))
   if mismatch:
     raise ValueError(
         f'the checkpoint in {manager.directory} is of another model '
         f'({len(mismatch)} parameters differ, e.g. {mismatch[0]}); use a new '
         '--workdir')
-  try:
-    return restore(manager, target, step)
-  except Exception as e:  # pylint: disable=broad-except
-    raise DamagedCheckpoint(f'{type(e).__name__}: {e}') from e
+  return read_or_damaged(lambda: restore(manager, target, step))
 
 
 def restore_variables(workdir: str, mesh: jax.sharding.Mesh | None = None,
@@ -160,20 +242,21 @@ def restore_variables(workdir: str, mesh: jax.sharding.Mesh | None = None,
     sharding = (jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
                 if mesh is None else
                 jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-    try:
+
+    def read():
       meta = ocp.StandardCheckpointHandler().metadata(path)
       wanted = {k: meta[k] for k in ('params', 'batch_stats') if k in meta}
       abstract = jax.tree.map(
           lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
           wanted)
-      restored = ocp.PyTreeCheckpointer().restore(
+      return ocp.PyTreeCheckpointer().restore(
           path, args=ocp.args.PyTreeRestore(
               item=abstract,
               restore_args=ocp.checkpoint_utils.construct_restore_args(
                   abstract),
               partial_restore=True))
-    except Exception as e:  # pylint: disable=broad-except
-      raise DamagedCheckpoint(f'{type(e).__name__}: {e}') from e
+
+    restored = read_or_damaged(read)
   finally:
     manager.close()
   restored.setdefault('batch_stats', {})
@@ -228,7 +311,7 @@ def resume_or_start(config: Any, workdir: str, state: Any, *, keep: int,
       manager.close()
       where = set_aside(workdir, step) if jax.process_index() == 0 else ''
       print(f'simclr_jax: warning: the checkpoint of step {step} is damaged '
-            f'({str(e).splitlines()[0][:200]}); moved to {where}, trying the '
+            f'({str(e).splitlines()[0][:240]}); moved to {where}, trying the '
             'previous one', file=sys.stderr, flush=True)
       manager = open_manager()
       continue

@@ -33,6 +33,7 @@ from simclr_jax import parallel
 from simclr_jax import reporting
 from simclr_jax import signals
 from simclr_jax import workdir as workdir_lib
+from simclr_jax.data import failures
 from simclr_jax.evaluate import final as final_eval
 
 AXIS = parallel.AXIS
@@ -327,9 +328,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   if jax.process_index() == 0:
     workdir_lib.prepare(workdir)
     lock.acquire()
+  failures.list_in(workdir)  # Undecodable files: workdir/undecodable.txt.
   try:
     return _pretrain(config, workdir, mesh)
   finally:
+    failures.report_total()
     lock.release()
 
 

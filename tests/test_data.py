@@ -18,6 +18,7 @@ from PIL import Image
 
 from configs import default
 from simclr_jax import data as ip
+from simclr_jax.data import failures
 from simclr_jax.data import host_ops
 from simclr_jax.data import tfds as tfds_source
 
@@ -435,7 +436,8 @@ def _write_folder(root, n_good, n_bad, classes=('a', 'b'), seed=0):
 
 def _decode_warnings(caplog):
   return [r.getMessage() for r in caplog.records
-          if r.getMessage().startswith('cannot decode ')]
+          if r.getMessage().startswith('cannot decode ')
+          or 'undecodable file(s) so far' in r.getMessage()]
 
 
 def test_symlink_loop_scans_each_real_file_once(tmp_path):
@@ -473,6 +475,8 @@ def test_uncached_decode_failures_are_replaced_deterministically(tmp_path,
   config = _config(source='folder', data_dir=root, crop='device')
   config.image_size = 8
   kw = dict(local_batch_size=6, process_index=0, process_count=1)
+  listing = failures.list_in(str(tmp_path / 'w'))
+  os.makedirs(tmp_path / 'w')
   with caplog.at_level(logging.WARNING):
     source = ip.make_source(config)
     assert source.info().num_train_examples == 30  # Files found.
@@ -488,17 +492,23 @@ def test_uncached_decode_failures_are_replaced_deterministically(tmp_path,
                                   np.stack([good[p] for p in chosen]))
     np.testing.assert_array_equal(
         batch['label'], [p.split(os.sep)[-2] == 'b' for p in chosen])
-  # Each bad file is named once, with the exact running count.
+  # Each bad file is listed once in the workdir; the console names the
+  # first and then counts (not a line a file).
+  with open(listing) as f:
+    lines = f.read().splitlines()
+  assert sorted(l.split('\t')[0] for l in lines) == sorted(bad)
+  assert all(l.endswith('\treplaced in its batch') for l in lines)
   warnings = _decode_warnings(caplog)
-  assert len(warnings) == 6, warnings
-  assert sorted(w.split()[2].rstrip(':') for w in warnings) == sorted(bad)
-  for k, w in enumerate(warnings):
-    assert w.endswith(f'({k + 1} undecodable file(s) so far)'), w
-  # Evaluation leaves them out, without naming them again.
+  assert len(warnings) == 1 and warnings[0].split()[2].rstrip(':') in bad
+  assert listing in warnings[0]
+  # Evaluation leaves them out, without listing them again.
   with caplog.at_level(logging.WARNING):
     batches = list(source.eval_iterator('train', 16, 0, 1))
   assert sum(b['mask'].sum() for b in batches) == 24
-  assert len(_decode_warnings(caplog)) == 6
+  assert len(_decode_warnings(caplog)) == 1
+  with open(listing) as f:
+    assert len(f.read().splitlines()) == 6
+  failures.list_in(None)
   # A resumed run (a new source, nothing known yet) reads the same batches.
   resumed = _take(ip.make_source(config).train_iterator(start_step=7, **kw), 3)
   _assert_batches_equal(run[7:], resumed)

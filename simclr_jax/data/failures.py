@@ -1,16 +1,20 @@
-"""Image files that fail to decode: recorded, named once, counted.
+"""Image files that fail to decode: recorded, listed once, counted.
 
 NumPy and the standard library only. A `DecodeFailures` belongs to one
 source and holds which of its files (indices into its path list) are known
-not to decode, so that each is named in one warning line, once per process,
-and not decoded again. `DataError` is the one-line error of data that cannot
+not to decode, so that none is decoded again. They are listed, one path a
+line, in `<workdir>/undecodable.txt` once a run has called `list_in(workdir)`
+(main.py does); the console gets the first one by name and then a count at
+most every `COUNT_EVERY_SECONDS`, never a line per file. `DataError` is the one-line error of data that cannot
 be used at all (every image fails): a `config_lib.ConfigError`, so main.py
 prints it as one line and exits with status 2.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from typing import Sequence
 
 import numpy as np
@@ -23,6 +27,95 @@ from simclr_jax import config_lib
 GIVE_UP_AFTER = 16
 # File names a summary line shows.
 NAMES_SHOWN = 3
+# At most one console line about new undecodable files in this many seconds.
+COUNT_EVERY_SECONDS = 60.0
+LIST_NAME = 'undecodable.txt'
+
+_lock = threading.Lock()
+_list_path: str | None = None  # Set by list_in(workdir).
+_listed: set[str] = set()  # The files in the list (this run and earlier ones).
+_console = {}
+
+
+def _reset_console() -> None:
+  _console.update(last=-float('inf'), unreported=0, total=0)
+
+
+_reset_console()
+
+
+def list_in(workdir: str | None) -> str | None:
+  """From now on, undecodable files are listed in `workdir/undecodable.txt`.
+
+  One line a file, `path<TAB>what happens to it`, each file once even over
+  resumed runs. Also restarts the console's count. None stops listing.
+  Returns the list's path.
+  """
+  global _list_path
+  with _lock:
+    _reset_console()
+    _listed.clear()
+    _list_path = None if workdir is None else os.path.join(
+        os.path.abspath(workdir), LIST_NAME)
+    if _list_path is not None and os.path.isfile(_list_path):
+      with open(_list_path, errors='replace') as f:
+        _listed.update(line.split('\t')[0] for line in f.read().splitlines())
+  return _list_path
+
+
+def listed() -> list[str]:
+  """The files listed as undecodable by this process (and its workdir's past)."""
+  with _lock:
+    return sorted(_listed)
+
+
+def report_total() -> None:
+  """Ends a run's console count: one line with the total, if any went untold."""
+  with _lock:
+    unreported, total = _console['unreported'], _console['total']
+    _console['unreported'] = 0
+  if unreported:
+    where = f', listed in {_list_path}' if _list_path else ''
+    logging.warning('%d undecodable file(s) in all%s', total, where)
+
+
+def list_files(names: Sequence[str], action: str) -> str:
+  """Adds the files not yet listed to the list, without a console line.
+
+  Returns ', listed in PATH' for a message (or '' when nothing is listed).
+  """
+  with _lock:
+    new = [n for n in names if n not in _listed]
+    _listed.update(new)
+    if _list_path is not None and new:
+      try:
+        with open(_list_path, 'a') as f:
+          f.writelines(f'{n}\t{action}\n' for n in new)
+      except OSError:
+        pass  # An unwritable workdir is reported where it is written.
+  return f', listed in {_list_path}' if _list_path else ''
+
+
+def _report(names: Sequence[str], action: str) -> None:
+  """Lists `names` and tells the console: the first by name, then counts."""
+  where = list_files(names, action)
+  with _lock:
+    first = _console['total'] == 0
+    _console['total'] += len(names)
+    _console['unreported'] += len(names)
+    now = time.monotonic()
+    if not first and now - _console['last'] < COUNT_EVERY_SECONDS:
+      return
+    _console['last'], unreported = now, _console['unreported']
+    _console['unreported'] = 0
+    total = _console['total']
+  if first:
+    logging.warning('cannot decode %s: %s (%d undecodable file(s) so far%s; '
+                    'more are counted here at most every %.0f s)', names[0],
+                    action, total, where, COUNT_EVERY_SECONDS)
+  else:
+    logging.warning('%d undecodable file(s) so far (%d new)%s', total,
+                    unreported, where)
 
 
 class DataError(config_lib.ConfigError):
@@ -66,7 +159,7 @@ class DecodeFailures:
     return [str(self.names[i]) for i in np.flatnonzero(self.bad)]
 
   def record(self, indices: Sequence[int], action: str) -> None:
-    """Marks files bad; names each new one in a warning line with the count.
+    """Marks files bad, lists the new ones and counts them on the console.
 
     Args:
       indices: file indices that failed to decode.
@@ -74,7 +167,6 @@ class DecodeFailures:
     """
     with self._lock:
       new = [int(i) for i in indices if not self.bad[i]]
-      for i in new:
-        self.bad[i] = True
-        logging.warning('cannot decode %s: %s (%d undecodable file(s) so far)',
-                        self.names[i], action, int(self.bad.sum()))
+      self.bad[new] = True
+    if new:
+      _report([str(self.names[i]) for i in new], action)

@@ -114,8 +114,9 @@ class FileSource(base.DataSource):
       names = [str(p) for p in self.paths[failed]]
       if not ok.any():
         raise failures_lib.nothing_decodes(n, self._where(), names)
+      where = failures_lib.list_files(names, 'left out (data.cache)')
       logging.warning('%d of the %d images of %s cannot be decoded and are '
-                      'left out: %s', len(failed), n, self._where(),
+                      'left out%s: %s', len(failed), n, self._where(), where,
                       failures_lib.examples(names, len(names)))
     num_eval = int(ok[n - num_eval:].sum()) if num_eval else 0
     self.paths, self.labels = self.paths[ok], self.labels[ok]

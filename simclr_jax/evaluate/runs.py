@@ -23,6 +23,7 @@ from simclr_jax import parallel
 from simclr_jax import reporting
 from simclr_jax import signals
 from simclr_jax import workdir as workdir_lib
+from simclr_jax.data import failures
 
 
 def _shapes(tree: Any) -> dict[str, tuple]:
@@ -97,6 +98,7 @@ class Run:
     if self.is_chief:
       workdir_lib.prepare(workdir)
       self.lock.acquire()
+    failures.list_in(workdir)  # Undecodable files: workdir/undecodable.txt.
     try:
       with config_lib.user_errors():
         self.source = data.make_source(config)
@@ -121,6 +123,7 @@ class Run:
     return global_batch // jax.process_count()
 
   def close(self) -> None:
+    failures.report_total()
     if self.lock is not None:
       self.lock.release()
 
