@@ -67,11 +67,8 @@ def run(name: str, args: list[str], root: str, timeout_s: float) -> dict:
   return record
 
 
-def top1(record: dict, *keys: str) -> float | None:
-  for k in keys:
-    if k in record:
-      return round(float(record[k]), 4)
-  return None
+def score(record: dict, key: str) -> float:
+  return round(float(record[key]), 4)
 
 
 def main() -> None:
@@ -111,11 +108,10 @@ def main() -> None:
           f'--config.finetune.label_fraction={pct / 100}',
           *shlex.split(a.distill)], a.root, a.timeout_s)
       table.append({'labels_percent': pct, 'init': init,
-                    'finetune_top1': top1(ft, 'final_finetune_top1',
-                                          'finetune_top1', 'top1'),
-                    'distill_top1': top1(kd, 'final_distill_top1'),
-                    'teacher_top1': top1(kd, 'final_teacher_top1'),
-                    'agreement': top1(kd, 'final_agreement')})
+                    'finetune_top1': score(ft, 'finetune_top1'),
+                    'distill_top1': score(kd, 'final_distill_top1'),
+                    'teacher_top1': score(kd, 'final_teacher_top1'),
+                    'agreement': score(kd, 'final_agreement')})
   print(json.dumps({'config': a.config, 'table': table}), flush=True)
 
 

@@ -113,40 +113,31 @@ _READ_COROUTINES = ('async_deserialize', '_read_array_index_and_device_put',
                     '_read_and_create_array', '_read_shard')
 
 
-class _FailedReadReports(py_logging.Filter):
-  """Drops asyncio's reports of the read tasks of a failed restore (counted)."""
-
-  def __init__(self):
-    super().__init__()
-    self.dropped = 0
-
-  def filter(self, record: py_logging.LogRecord) -> bool:
-    if any(name in record.getMessage() for name in _READ_COROUTINES):
-      self.dropped += 1
-      return False
-    return True
+def _about_a_read(text: str) -> bool:
+  return any(name in text for name in _READ_COROUTINES)
 
 
 @contextlib.contextmanager
-def _read_reports_dropped() -> Iterator[_FailedReadReports]:
+def _read_reports_dropped() -> Iterator[None]:
   """Inside, asyncio's and the interpreter's reports of orbax reads are dropped."""
-  reports = _FailedReadReports()
   logger = py_logging.getLogger('asyncio')
-  logger.addFilter(reports)
+
+  def keep(record: py_logging.LogRecord) -> bool:
+    return not _about_a_read(record.getMessage())
+
   previous_hook = sys.unraisablehook
 
   def hook(unraisable):
-    if any(name in repr(unraisable.object) for name in _READ_COROUTINES):
-      reports.dropped += 1
-      return
-    previous_hook(unraisable)
+    if not _about_a_read(repr(unraisable.object)):
+      previous_hook(unraisable)
 
+  logger.addFilter(keep)
   sys.unraisablehook = hook
   try:
-    yield reports
+    yield
   finally:
     sys.unraisablehook = previous_hook
-    logger.removeFilter(reports)
+    logger.removeFilter(keep)
 
 
 def read_or_damaged(read: Callable[[], Any]) -> Any:
