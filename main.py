@@ -1,7 +1,9 @@
 """Pretrains SimCLR: python main.py --config=configs/demo.py --workdir=/tmp/simclr
 
 With --config.mode=linear_eval, finetune or export (and
---config.init_from=PRETRAIN_WORKDIR) it evaluates a pretrained encoder instead.
+--config.init_from=PRETRAIN_WORKDIR) it evaluates a pretrained encoder instead;
+with --config.mode=distill (and --config.init_from=FINETUNE_WORKDIR) it
+distils a fine-tuned teacher into a student on the unlabelled images.
 
 Flags:
   --config   an ml_collections config file; override fields with

@@ -37,6 +37,14 @@ TPU_REQUIRES = [
     'jax[tpu]==0.10.2',
 ]
 
+# NVIDIA GPUs: JAX's CUDA build (`pip install -e ".[cuda]"`; bench/gpu_check.sh
+# does it) with jax's own extra 'cuda12', which runs on more installed NVIDIA
+# drivers; `.[cuda13]` takes 'cuda13' (docs.jax.dev's default, a CUDA 13 driver,
+# R580 or newer). jax pins its CUDA plugin to its own version. Neither changes
+# the default install.
+CUDA_REQUIRES = ['jax[cuda12]>=0.10.0']
+CUDA13_REQUIRES = ['jax[cuda13]>=0.10.0']
+
 setuptools.setup(
     name='simclr_jax',
     version='0.1.0',
@@ -46,6 +54,7 @@ setuptools.setup(
     python_requires='>=3.11',
     packages=setuptools.find_packages(include=['simclr_jax', 'simclr_jax.*']),
     install_requires=INSTALL_REQUIRES,
-    extras_require={'test': TEST_REQUIRES, 'tpu': TPU_REQUIRES},
+    extras_require={'test': TEST_REQUIRES, 'tpu': TPU_REQUIRES,
+                    'cuda': CUDA_REQUIRES, 'cuda13': CUDA13_REQUIRES},
     license='Apache-2.0',
 )

@@ -27,8 +27,10 @@ Times: `train_step.lower(...).compile()` is timed on its own
 of the compiled step: the step is one `jax.shard_map` program, so the count
 is per device (`flops_per_step_per_device`); `flops_per_step` multiplies by
 the device count. `mfu` = per-device FLOP/s / per-device peak (--peak_tflops,
-or a built-in value for known accelerators: dense bf16, or TF32 when the
-compute dtype is float32); null on CPU.
+or bench/accel.py's table for known accelerators: dense bf16, or TF32 when
+the compute dtype is float32); null on CPU. --fit_batch halves a case's batch
+until its step fits the device's memory (the largest that fits, from the
+given batch down).
 
 Does not import TensorFlow (it runs where only jax, flax, optax, chex and
 orbax are installed). On CPU it splits the host into --cpu_devices XLA
@@ -63,6 +65,11 @@ def _parse_args(argv=None) -> argparse.Namespace:
                  help='timed steps (0: 20, or 3 with --quick)')
   p.add_argument('--warmup', type=int, default=-1,
                  help='untimed steps first (-1: 2, or 1 with --quick)')
+  p.add_argument('--fit_batch', action='store_true',
+                 help='on running out of device memory (XLA '
+                      'RESOURCE_EXHAUSTED, or a compiled step larger than the '
+                      "device's limit) halve the case's batch and try again; "
+                      'the record lists the batches tried')
   p.add_argument('--num_devices', type=int, default=0,
                  help='devices of the mesh (0: all)')
   p.add_argument('--peak_tflops', type=float, default=None,
@@ -153,9 +160,9 @@ if __name__ == '__main__':
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,g-bad-import-order,wrong-import-position
+import gc
 import json
 import platform
-import re
 import statistics
 import time
 from typing import Any, Callable
@@ -169,6 +176,8 @@ from simclr_jax import models
 from simclr_jax import parallel
 from simclr_jax import train
 import torch_twin  # bench/torch_twin.py  # pylint: disable=g-bad-import-order
+from accel import (device_bytes_limit, device_memory_bytes, hlo_stats,  # bench/accel.py
+                   is_out_of_memory, matmul_tflops, mfu, peak_tflops, xla_flops)
 
 if __name__ == '__main__':
   # CPU devices and convolution kernels exactly as train_and_evaluate sets
@@ -176,27 +185,6 @@ if __name__ == '__main__':
   _count = (default.get_config().train.cpu_devices if ARGS.cpu_devices < 0
             else ARGS.cpu_devices)
   parallel.setup_cpu_devices(_count, ARGS.cpu_ynnpack_convs)
-
-# Peak dense TFLOP/s of one device: (bfloat16, float32 as TF32 on GPUs).
-# Matched against `device_kind` in order (first substring that occurs).
-PEAK_TFLOPS = (
-    ('H100 PCIe', (756.0, 378.0)),
-    ('H100', (989.0, 494.7)),  # SXM (e.g. 'NVIDIA H100 80GB HBM3').
-    ('H200', (989.0, 494.7)),
-    ('A100', (312.0, 156.0)),
-    ('TPU v6 lite', (918.0, None)),
-    ('TPU v5 lite', (197.0, None)),
-    ('TPU v4', (275.0, None)),
-)
-
-
-def peak_tflops(device_kind: str, dtype: str) -> float | None:
-  """Built-in peak dense TFLOP/s of one device of `device_kind`, or None."""
-  for name, (bf16, f32) in PEAK_TFLOPS:
-    if name.lower() in device_kind.lower():
-      return bf16 if dtype == 'bfloat16' else f32
-  return None
-
 
 def case_config(case: str, args: argparse.Namespace) -> tuple[Any, int, tuple]:
   """(config, num_classes, per-example batch shape) of one case."""
@@ -225,34 +213,6 @@ def case_config(case: str, args: argparse.Namespace) -> tuple[Any, int, tuple]:
   raise ValueError(f'unknown case {case!r}; known: {CASES}')
 
 
-def xla_flops(compiled: Any) -> float | None:
-  """FLOPs of a compiled executable from XLA's cost analysis, or None.
-
-  `cost_analysis()` is a dict on JAX 0.10 (a list with one dict per program
-  on older versions); for a shard_map program it describes one device.
-  """
-  try:
-    analysis = compiled.cost_analysis()
-  except Exception:  # pylint: disable=broad-except
-    return None
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0] if analysis else None
-  if not analysis or analysis.get('flops') is None:
-    return None
-  flops = float(analysis['flops'])
-  return flops if flops > 0 else None
-
-
-def device_memory_bytes(compiled: Any) -> int | None:
-  """Per-device bytes of arguments + outputs + temporaries (no aliasing)."""
-  try:
-    m = compiled.memory_analysis()
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes +
-               m.temp_size_in_bytes - m.alias_size_in_bytes)
-  except Exception:  # pylint: disable=broad-except
-    return None
-
-
 def _no_augment(size: int) -> None:
   """Replaces augment.two_views by a cast (both views = the centre crop).
 
@@ -272,22 +232,6 @@ def _no_augment(size: int) -> None:
     return cast(a), cast(b) * 0.5  # Two different arrays, like two views.
 
   augment.two_views = two_views
-
-
-def hlo_stats(compiled: Any) -> dict[str, int] | None:
-  """Counts of a few op kinds in the compiled (optimised) HLO text."""
-  try:
-    text = compiled.as_text()
-  except Exception:  # pylint: disable=broad-except
-    return None
-  return {
-      'convolution': len(re.findall(r'= \S+ convolution\(', text)),
-      'custom_call': text.count(' custom-call('),
-      'onednn': text.count('__onednn'),
-      'xnn_fusion': text.count('__xnn_fusion'),
-      'fusion': len(re.findall(r'= \S+ fusion\(', text)),
-      'hlo_chars': len(text),
-  }
 
 
 def random_batches(batch: int, shape: tuple, num_classes: int,
@@ -356,11 +300,51 @@ def prepare_case(case: str, args: argparse.Namespace, mesh: jax.sharding.Mesh,
                   lower_s, compile_s)
 
 
+BATCH_ARG = {'r18_32': 'batch_r18', 'r50_224': 'batch_r50'}
+
+
+def fitted_run(case: str, args: argparse.Namespace, mesh: jax.sharding.Mesh,
+               peak: float | None) -> dict[str, Any]:
+  """`run_case`; with --fit_batch, halving the batch while it runs out of
+  device memory (down to one example per device)."""
+  trial = argparse.Namespace(**vars(args))
+  tried, error, record = [], None, None
+  while record is None:
+    batch = getattr(trial, BATCH_ARG[case])
+    tried.append(batch)
+    try:
+      record = run_case(case, trial, mesh, peak)
+    except Exception as e:  # pylint: disable=broad-except
+      half = batch // 2
+      if not (args.fit_batch and is_out_of_memory(str(e)) and
+              half >= mesh.size and half % mesh.size == 0):
+        raise
+      error = str(e).splitlines()[0][:300]
+      setattr(trial, BATCH_ARG[case], half)
+    # Outside the except block: the failed attempt's buffers are released.
+    gc.collect()
+  if args.fit_batch:
+    record['batch_fit'] = {'tried': tried, 'fits': batch, 'last_error': error}
+  return record
+
+
+def _check_fits(compiled: Any, mesh: jax.sharding.Mesh) -> None:
+  """Raises an out-of-memory error when XLA's memory analysis of the step
+  exceeds what the device allows (before a step runs into it)."""
+  need = device_memory_bytes(compiled)
+  limit = device_bytes_limit(mesh.devices.flat[0])
+  if need and limit and need > limit:
+    raise MemoryError(f'RESOURCE_EXHAUSTED: the compiled step needs {need} '
+                      f'bytes per device; the device allows {limit}')
+
+
 def run_case(case: str, args: argparse.Namespace, mesh: jax.sharding.Mesh,
              peak: float | None) -> dict[str, Any]:
   """Compiles and times the train step of one case; returns its JSON record."""
   prep = prepare_case(case, args, mesh,
                       total_steps=args.warmup + args.steps + 1)
+  if args.fit_batch:
+    _check_fits(prep.compiled, mesh)
   config, model = prep.config, prep.setup.model
   num_classes, shape = prep.num_classes, prep.shape
   batch = config.train.global_batch_size
@@ -435,24 +419,11 @@ def run_case(case: str, args: argparse.Namespace, mesh: jax.sharding.Mesh,
                           else flops_dev * mesh.size / batch),
       'tflops_per_sec_per_device': (None if flops_dev is None
                                     else flops_dev / median_s / 1e12),
-      'mfu': (None if flops_dev is None or peak is None
-              else flops_dev / median_s / (peak * 1e12)),
+      'mfu': mfu(None if flops_dev is None else flops_dev * mesh.size,
+                 median_s, peak, mesh.size),
   }
   del state, batches, compiled
   return record
-
-
-def matmul_tflops(device: Any, n: int = 4096, reps: int = 5) -> float:
-  """TFLOP/s of a float32 (n, n) x (n, n) matmul on `device`, best of reps."""
-  a = jax.device_put(np.ones((n, n), np.float32), device)
-  mm = jax.jit(lambda x, y: x @ y)
-  jax.block_until_ready(mm(a, a))
-  best = float('inf')
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(mm(a, a))
-    best = min(best, time.perf_counter() - t0)
-  return 2 * n ** 3 / best / 1e12
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -484,7 +455,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
       'timing': ('after lower().compile() and --warmup steps, each step timed '
                  'with block_until_ready; images/s = global batch / median '
                  'step time; no input pipeline'),
-      'cases': [run_case(c, args, mesh, peak) for c in args.cases],
+      'cases': [fitted_run(c, args, mesh, peak) for c in args.cases],
   }
   if args.matmul_rate:
     rate = matmul_tflops(device)

@@ -15,9 +15,12 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   # What main.py does: 'pretrain' (SimCLR), or evaluate the encoder of
-  # another run's checkpoint (init_from): 'linear_eval', 'finetune', 'export'.
+  # another run's checkpoint (init_from): 'linear_eval', 'finetune', 'export';
+  # or 'distill' a fine-tuned teacher (init_from) into a student.
   config.mode = 'pretrain'
-  config.init_from = ''  # Workdir of a pretraining (or imported) run.
+  # Workdir of a pretraining (or imported) run; for 'distill', the teacher's:
+  # a fine-tuning run's, or an imported fine-tuned google model's.
+  config.init_from = ''
   config.init_step = -1  # Its checkpoint step; -1 = the latest.
   config.seed = 0  # Root PRNG seed; the run is a function of config and seed.
   # Side of the square images the encoder sees (after augmentation).
@@ -215,6 +218,38 @@ def get_config() -> ml_collections.ConfigDict:
   ft.momentum = 0.9
   ft.weight_decay = 0.0
   ft.checkpoint_every_steps = 1000
+
+  # ------------------------------------------ self-distillation (distill)
+  # SimCLRv2's third step: the fine-tuned teacher (init_from, BatchNorm in
+  # inference mode) labels the unlabelled train split on the fly and a
+  # student of config.model learns its softened predictions, on the crops and
+  # flips of fine-tuning, with LARS at base * sqrt(B) (see
+  # simclr_jax/evaluate/distill.py and configs/imagenet_distill.py).
+  config.distill = di = ml_collections.ConfigDict()
+  # tau of both softmaxes: loss = -sum_y P_teacher(y|x; tau) log P_student.
+  di.temperature = 1.0
+  # w in (1 - w) * distillation + w * cross-entropy on the labelled subset
+  # (finetune.label_fraction or finetune.subset_file, chosen as fine-tuning
+  # chose it); 0 = pure distillation on unlabelled images.
+  di.label_weight = 0.0
+  # 'scratch' (random initialisation) or the workdir of a pretraining run of
+  # config.model whose latest checkpoint starts the student's encoder.
+  di.student_init = 'scratch'
+  # Where the student's classifier sits: 0 = on h; k = after
+  # projection-head layer k (as finetune.from_proj_layer).
+  di.from_proj_layer = 0
+  # Where the teacher's classifier sits: -1 = as its checkpoint says (a
+  # fine-tuning run's layers; google's imported head: on h); k = after its
+  # projection-head layer k (google's ft_proj_selector, for imported
+  # fine-tuned models whose head reads a projection-head layer).
+  di.teacher_proj_layer = -1
+  di.epochs = 100.0  # Passes over the unlabelled train split.
+  di.batch_size = 1024  # Unlabelled images a step (and labelled ones if w > 0).
+  di.base_learning_rate = 0.075  # Times sqrt(batch_size).
+  di.warmup_epochs = 5.0  # Linear warm-up, then cosine decay.
+  di.momentum = 0.9
+  di.weight_decay = 1e-4  # On kernels (not BatchNorm, not biases).
+  di.checkpoint_every_steps = 1000
 
   # ------------------------------------------------------ export (export)
   config.export = ex = ml_collections.ConfigDict()

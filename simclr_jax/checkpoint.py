@@ -184,45 +184,33 @@ _READ_COROUTINES = ('async_deserialize', '_read_array_index_and_device_put',
                     '_read_and_create_array', '_read_shard')
 
 
-class _FailedReadReports(py_logging.Filter):
-  """Drops asyncio's reports of the read tasks of a failed restore (counted)."""
-
-  def __init__(self):
-    super().__init__()
-    self.dropped = 0
-
-  def filter(self, record: py_logging.LogRecord) -> bool:
-    if any(name in record.getMessage() for name in _READ_COROUTINES):
-      self.dropped += 1
-      return False
-    return True
+def _about_a_read(text: str) -> bool:
+  return any(name in text for name in _READ_COROUTINES)
 
 
-_DROPPED: list[_FailedReadReports] = []
+_DROPPING: list[bool] = []
 
 
-def _drop_read_reports() -> _FailedReadReports:
+def _drop_read_reports() -> None:
   """From now on, asyncio's and the interpreter's reports of orbax reads are dropped.
 
   Installed (once) by the first read: the reports of a failed read's tasks
   come as they are collected, which may be long after the failure (when
   orbax's event loop lets them go, e.g. as its manager closes). Only
-  reports that name orbax's read coroutines are dropped (counted).
+  reports that name orbax's read coroutines are dropped.
   """
-  if not _DROPPED:
-    reports = _FailedReadReports()
-    py_logging.getLogger('asyncio').addFilter(reports)
-    previous_hook = sys.unraisablehook
+  if _DROPPING:
+    return
+  py_logging.getLogger('asyncio').addFilter(
+      lambda record: not _about_a_read(record.getMessage()))
+  previous_hook = sys.unraisablehook
 
-    def hook(unraisable):
-      if any(name in repr(unraisable.object) for name in _READ_COROUTINES):
-        reports.dropped += 1
-        return
+  def hook(unraisable):
+    if not _about_a_read(repr(unraisable.object)):
       previous_hook(unraisable)
 
-    sys.unraisablehook = hook
-    _DROPPED.append(reports)
-  return _DROPPED[0]
+  sys.unraisablehook = hook
+  _DROPPING.append(True)
 
 
 def read_or_damaged(read: Callable[[], Any]) -> Any:

@@ -186,7 +186,7 @@ def _run_checks(config: Any) -> None:
   _int_at_least(config, 'distributed.process_id', -1)
 
 
-MODES = ('pretrain', 'linear_eval', 'finetune', 'export')
+MODES = ('pretrain', 'linear_eval', 'finetune', 'export', 'distill')
 
 
 def _mode_checks(config: Any) -> None:
@@ -194,12 +194,14 @@ def _mode_checks(config: Any) -> None:
   _one_of(config.mode, MODES, 'mode')
   _int_at_least(config, 'init_step', -1)
   if config.mode != 'pretrain':
+    what = ('the teacher: a fine-tuning run, or a fine-tuned model written by '
+            'simclr_jax.import_tf' if config.mode == 'distill' else
+            'a pretraining run, or a workdir written by simclr_jax.import_tf')
     _require(bool(config.init_from),
-             f'mode {config.mode!r} needs --config.init_from=WORKDIR (a '
-             'pretraining run, or a workdir written by simclr_jax.import_tf)')
+             f'mode {config.mode!r} needs --config.init_from=WORKDIR ({what})')
     _require(os.path.isdir(config.init_from),
              f'init_from {config.init_from!r} is not a directory')
-  for section in ('linear_eval', 'finetune'):
+  for section in ('linear_eval', 'finetune', 'distill'):
     _number_at_least(config, f'{section}.epochs', 0, strict=True)
     _int_at_least(config, f'{section}.batch_size', 1)
     _number_at_least(config, f'{section}.base_learning_rate', 0, strict=True)
@@ -215,8 +217,26 @@ def _mode_checks(config: Any) -> None:
   _require(config.finetune.from_proj_layer <= max(config.model.num_proj_layers, 0),
            f'finetune.from_proj_layer={config.finetune.from_proj_layer} is '
            f'beyond the {config.model.num_proj_layers} projection-head layers')
+  _distill_checks(config)
   _one_of(config.export.split, ('train', 'eval', 'both'), 'export.split')
   _bool(config, 'export.include_z')
+
+
+def _distill_checks(config: Any) -> None:
+  """The fields of `config.distill` beyond those it shares with finetune."""
+  d = config.distill
+  _number_at_least(config, 'distill.temperature', 0, strict=True)
+  _fraction(config, 'distill.label_weight', low_open=False, high_open=False)
+  _number_at_least(config, 'distill.warmup_epochs', 0)
+  _require(isinstance(d.student_init, str) and (
+      d.student_init == 'scratch' or os.path.isdir(d.student_init)),
+           "distill.student_init must be 'scratch' or the workdir of a "
+           f'pretraining run, got {d.student_init!r}')
+  _int_at_least(config, 'distill.from_proj_layer', 0)
+  _require(d.from_proj_layer <= max(config.model.num_proj_layers, 0),
+           f'distill.from_proj_layer={d.from_proj_layer} is beyond the '
+           f'{config.model.num_proj_layers} projection-head layers')
+  _int_at_least(config, 'distill.teacher_proj_layer', -1)
 
 
 def _augment_checks(config: Any) -> None:

@@ -26,8 +26,10 @@ import chex
 import jax
 from jax import lax
 import jax.numpy as jnp
+import optax
 
-__all__ = ['GOOGLE_OBJECTIVE_SCALE', 'nt_xent', 'nt_xent_with_metrics']
+__all__ = ['GOOGLE_OBJECTIVE_SCALE', 'distillation_loss', 'nt_xent',
+           'nt_xent_with_metrics']
 
 # google-research/simclr's `add_contrastive_loss` adds the mean cross-entropy
 # of the a -> b anchors to that of the b -> a anchors: GOOGLE_OBJECTIVE_SCALE
@@ -225,3 +227,33 @@ def nt_xent(
   loss, _ = nt_xent_with_metrics(
       z_a, z_b, temperature=temperature, axis_name=axis_name)
   return loss
+
+
+def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array,
+                      temperature: float) -> jax.Array:
+  """SimCLRv2's distillation loss of each example (Chen et al. 2020b, eq. 2).
+
+      loss(x) = -sum_y P^T(y|x; tau) log P^S(y|x; tau),
+      P(y|x; tau) = softmax(logits(x) / tau)[y].
+
+  The teacher is fixed: no gradient reaches `teacher_logits`. The gradient
+  with respect to the student's logits is (P^S - P^T) / tau. google's
+  distillation colab multiplies this by tau^2 (Hinton et al.'s convention);
+  the paper's equation, followed here, does not.
+
+  Args:
+    student_logits: float (N, K).
+    teacher_logits: float (N, K).
+    temperature: tau > 0, the same for both softmaxes.
+
+  Returns:
+    float32 (N,): the cross-entropy of each example (mean it for the batch).
+  """
+  chex.assert_rank([student_logits, teacher_logits], 2)
+  chex.assert_equal_shape([student_logits, teacher_logits])
+  if not temperature > 0:
+    raise ValueError(f'distillation temperature must be > 0, got {temperature}')
+  targets = jax.nn.softmax(
+      lax.stop_gradient(teacher_logits.astype(jnp.float32)) / temperature)
+  return optax.softmax_cross_entropy(
+      student_logits.astype(jnp.float32) / temperature, targets)

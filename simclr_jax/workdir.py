@@ -12,7 +12,10 @@
   naming the fields, unless `train.allow_config_change` is set. Fields that
   only change how the run is executed or reported (logging and checkpoint
   periods, device counts, data parallelism and prefetch, evaluation) may
-  change freely.
+  change freely, as may the sections of the other modes (a pretraining
+  run does not read `finetune.*`), and a field the recorded config lacks
+  (a field added to configs/default.py since: its default keeps what older
+  versions did).
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ FREE_FIELDS = (
     'data.download', 'augment.strategy', 'model.remat',
 )
 FREE_SECTIONS = ('eval.', 'distributed.')
+# The sections each mode reads besides the shared ones; those of the other
+# modes are free for it.
+MODE_SECTIONS = {'pretrain': (), 'linear_eval': ('linear_eval.',),
+                 'finetune': ('finetune.',),
+                 'distill': ('distill.', 'finetune.'), 'export': ('export.',)}
 
 
 def _flat(config: Any, prefix: str = '') -> dict[str, Any]:
@@ -129,12 +137,25 @@ def history(workdir: str) -> list[dict[str, Any]]:
   return out
 
 
+def _free_sections(mode: Any) -> tuple[str, ...]:
+  """FREE_SECTIONS and the sections only other modes read."""
+  own = MODE_SECTIONS.get(mode, ())
+  others = {p for ps in MODE_SECTIONS.values() for p in ps} - set(own)
+  return FREE_SECTIONS + tuple(sorted(others))
+
+
 def changed_fields(old: dict[str, Any], new: Any) -> list[str]:
-  """Fields of `new` (a config) that differ from `old` and change the run."""
+  """Fields of `new` (a config) that differ from `old` and change the run.
+
+  Not counted: FREE_FIELDS, the free sections (FREE_SECTIONS and those of
+  the modes other than `new`'s) and fields `old` does not have (added to
+  the config since `old` was recorded).
+  """
   before, after = _flat(old), _flat(_as_dict(new))
+  free = _free_sections(after.get('mode', 'pretrain'))
   changed = []
   for key in sorted(before.keys() | after.keys()):
-    if key in FREE_FIELDS or key.startswith(FREE_SECTIONS):
+    if key in FREE_FIELDS or key.startswith(free) or key not in before:
       continue
     if before.get(key) != after.get(key):
       changed.append(key)

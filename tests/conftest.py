@@ -11,11 +11,16 @@ if '--xla_force_host_platform_device_count' not in _flags:
 # compile time on CPU for no benefit here.
 if '--xla_backend_optimization_level' not in os.environ['XLA_FLAGS']:
   os.environ['XLA_FLAGS'] += ' --xla_backend_optimization_level=0'
-os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# SIMCLR_TEST_ACCELERATOR=1 (bench/gpu_check.py) leaves JAX's choice of
+# platform alone: the default devices are then the GPU's (the 8 CPU devices
+# are still there, as jax.devices('cpu')); by default tests see only the CPU.
+ON_ACCELERATOR = os.environ.get('SIMCLR_TEST_ACCELERATOR') == '1'
+if not ON_ACCELERATOR:
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  # TensorFlow must not grab a GPU or compete with JAX for threads in tests.
+  os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
-# TensorFlow must not grab a GPU or compete with JAX for threads in tests.
-os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 # The CPU convolution kernels that train_and_evaluate chooses by default
 # (train.cpu_ynnpack_convs=False), so the tests run the default path.
 from simclr_jax import parallel  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -26,7 +26,7 @@ def _flat_keys(cfg, prefix=''):
 def test_config_files_found():
   assert {'default', 'demo', 'imagenet', 'imagenet_v1', 'cifar10',
           'cifar10_r50', 'cifar10_folder', 'cifar10_cpu', 'cifar100', 'stl10',
-          'imagenette'} <= set(CONFIG_NAMES)
+          'imagenette', 'imagenet_distill'} <= set(CONFIG_NAMES)
 
 
 @pytest.mark.parametrize('name', CONFIG_NAMES)
@@ -35,6 +35,8 @@ def test_config_declares_only_default_fields_and_validates(name):
   assert _flat_keys(config) == _flat_keys(default.get_config())
   if config.data.source == 'folder' and not config.data.data_dir:
     config.data.data_dir = os.path.dirname(__file__)  # Any existing folder.
+  if config.mode != 'pretrain':  # The run it reads is named on the command line.
+    config.init_from = os.path.dirname(__file__)
   config_lib.validate(config)
 
 
@@ -110,7 +112,7 @@ def test_validate_names_the_field(field, value, message):
 # stderr and exit status 2, before any data is read or device touched.
 BAD_VALUES = {
     'seed': ['-1', 'abc'],
-    'mode': ['evaluate', 'linear_eval'],  # The second lacks init_from.
+    'mode': ['evaluate', 'linear_eval', 'distill'],  # Lacking init_from.
     'init_from': ['/nonexistent/run --config.mode=export'],
     'init_step': ['-2'],
     'linear_eval.epochs': ['0'],
@@ -129,6 +131,18 @@ BAD_VALUES = {
     'finetune.momentum': ['2'],
     'finetune.weight_decay': ['-0.1'],
     'finetune.checkpoint_every_steps': ['0'],
+    'distill.temperature': ['0', '-1'],
+    'distill.label_weight': ['1.5', '-0.1'],
+    'distill.student_init': ['/nonexistent/pretrain', 'random'],
+    'distill.from_proj_layer': ['-1', '9'],
+    'distill.teacher_proj_layer': ['-2'],
+    'distill.epochs': ['0'],
+    'distill.batch_size': ['0'],
+    'distill.base_learning_rate': ['-1'],
+    'distill.warmup_epochs': ['-1'],
+    'distill.momentum': ['1.5'],
+    'distill.weight_decay': ['-1e-4'],
+    'distill.checkpoint_every_steps': ['0'],
     'export.split': ['test'],
     'export.include_z': ['z'],
     'image_size': ['0', '16.5'],

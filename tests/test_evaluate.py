@@ -243,8 +243,8 @@ def test_finetune_starts_from_the_pretrained_network(pretrained, tmp_path):
   mesh = parallel.make_mesh(1)
   pre, _ = checkpoint.restore_variables(workdir, mesh)
   classifier = finetune_lib.Classifier(config.model, 1, 10)
-  tx, _ = finetune_lib._optimizer(config.finetune, 10)  # pylint: disable=protected-access
-  state = finetune_lib._init_state(classifier, tx, pre, 8, mesh)  # pylint: disable=protected-access
+  tx, _ = finetune_lib.create_optimizer(config.finetune, 10)
+  state = finetune_lib.init_state(classifier, tx, pre, 8, mesh)
   np.testing.assert_array_equal(
       state.params['encoder']['stem_conv']['kernel'],
       pre['params']['encoder']['stem_conv']['kernel'])

@@ -114,7 +114,7 @@ def test_no_import_cycle():
 def test_building_blocks_do_not_import_the_loops():
   graph = import_graph()
   loops = {'simclr_jax.train', 'simclr_jax.evaluate.modes',
-           'simclr_jax.evaluate.finetune'}
+           'simclr_jax.evaluate.finetune', 'simclr_jax.evaluate.distill'}
   for block in ('simclr_jax.evaluate.runs', 'simclr_jax.evaluate.probe',
                 'simclr_jax.evaluate.final', 'simclr_jax.checkpoint',
                 'simclr_jax.parallel', 'simclr_jax.models'):

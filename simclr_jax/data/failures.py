@@ -4,10 +4,12 @@ NumPy and the standard library only. A `DecodeFailures` belongs to one
 source and holds which of its files (indices into its path list) are known
 not to decode, so that none is decoded again. They are listed, one path a
 line, in `<workdir>/undecodable.txt` once a run has called `list_in(workdir)`
-(main.py does); the console gets the first one by name and then a count at
-most every `COUNT_EVERY_SECONDS`, never a line per file. `DataError` is the one-line error of data that cannot
-be used at all (every image fails): a `config_lib.ConfigError`, so main.py
-prints it as one line and exits with status 2.
+(train.py and evaluate/runs.py do when they lock the workdir); the console
+gets the first one by name and then a count at most every
+`COUNT_EVERY_SECONDS`, never a line per file. `DataError` is the one-line
+error of data that cannot be used at all (every image fails): a
+`config_lib.ConfigError`, so main.py prints it as one line and exits with
+status 2.
 """
 
 from __future__ import annotations
@@ -63,20 +65,18 @@ def list_in(workdir: str | None) -> str | None:
   return _list_path
 
 
-def listed() -> list[str]:
-  """The files listed as undecodable by this process (and its workdir's past)."""
-  with _lock:
-    return sorted(_listed)
-
-
 def report_total() -> None:
   """Ends a run's console count: one line with the total, if any went untold."""
   with _lock:
     unreported, total = _console['unreported'], _console['total']
     _console['unreported'] = 0
   if unreported:
-    where = f', listed in {_list_path}' if _list_path else ''
-    logging.warning('%d undecodable file(s) in all%s', total, where)
+    logging.warning('%d undecodable file(s) in all%s', total, _where())
+
+
+def _where() -> str:
+  """', listed in PATH' for a message, or '' when nothing is listed."""
+  return f', listed in {_list_path}' if _list_path else ''
 
 
 def list_files(names: Sequence[str], action: str) -> str:
@@ -93,7 +93,7 @@ def list_files(names: Sequence[str], action: str) -> str:
           f.writelines(f'{n}\t{action}\n' for n in new)
       except OSError:
         pass  # An unwritable workdir is reported where it is written.
-  return f', listed in {_list_path}' if _list_path else ''
+  return _where()
 
 
 def _report(names: Sequence[str], action: str) -> None:

@@ -7,7 +7,8 @@
   stays bounded (the kNN monitor during pretraining and the final score).
 * `linear`: the linear classifier on a frozen encoder (the reference linear
   evaluation protocol, and the fast variant on features computed once).
-* `modes`: `main.py`'s modes linear_eval, finetune and export.
+* `modes`: `main.py`'s modes linear_eval, finetune and export;
+  `finetune` and `distill` (SimCLRv2's second and third steps).
 """
 
 from simclr_jax.evaluate.features import local_rows

@@ -42,7 +42,6 @@ from simclr_jax import config_lib
 from simclr_jax import models
 from simclr_jax import optim
 from simclr_jax import parallel
-from simclr_jax import reporting
 from simclr_jax.evaluate import linear
 from simclr_jax.evaluate import runs as runs_lib
 from simclr_jax.models import heads
@@ -142,17 +141,33 @@ class FinetuneState:
   opt_state: Any
 
 
-def _init_state(classifier: Classifier, tx: optax.GradientTransformation,
-                pretrained: dict, image_size: int,
-                mesh: jax.sharding.Mesh) -> FinetuneState:
-  """Pretrained encoder/head layers, a zero classifier; replicated."""
+def init_state(classifier: Classifier, tx: optax.GradientTransformation,
+               pretrained: dict | None, image_size: int,
+               mesh: jax.sharding.Mesh,
+               init_key: jax.Array | None = None) -> FinetuneState:
+  """A classifier's first state, replicated: step 0, optimiser state fresh.
+
+  Args:
+    classifier: the network.
+    tx: its optimiser.
+    pretrained: {'params', 'batch_stats'} of a pretraining run: the encoder
+      and projection-head layers are taken from it and only the classifier
+      'head' keeps its zero initialisation; None: every variable is freshly
+      initialised (random init, the 'head' zero).
+    image_size: side of the images (for shapes only).
+    mesh: where to replicate the state.
+    init_key: the initialiser's key (default key 0).
+  """
+  key = jax.random.key(0) if init_key is None else init_key
+
   def init():
-    fresh = classifier.init(jax.random.key(0),
-                            jnp.zeros((1, image_size, image_size, 3)),
+    fresh = classifier.init(key, jnp.zeros((1, image_size, image_size, 3)),
                             train=False)
 
     def take(collection):
       out = dict(fresh.get(collection, {}))
+      if pretrained is None:
+        return out
       for name, tree in out.items():
         if name == 'head':
           continue
@@ -166,16 +181,34 @@ def _init_state(classifier: Classifier, tx: optax.GradientTransformation,
   return jax.jit(init, out_shardings=parallel.replicated(mesh))()
 
 
-def _optimizer(section: Any, total_steps: int
-               ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def _trust_ratio_mask(params: Any) -> Any:
+  """`optim.kernel_mask` less the classifier 'head': google's LARS leaves its
+  supervised head ('head_supervised') out of the trust ratio."""
+  mask = optim.kernel_mask(params)
+  return {k: jax.tree.map(lambda _: False, v) if k == 'head' else v
+          for k, v in mask.items()}
+
+
+def create_optimizer(section: Any, total_steps: int, warmup_steps: int = 0
+                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """SimCLRv2's LARS for the supervised steps (fine-tuning, distillation).
+
+  Peak learning rate `section.base_learning_rate` x sqrt(section.batch_size),
+  linear warm-up over `warmup_steps`, cosine decay to 0 at `total_steps`;
+  classic momentum `section.momentum`. As google-research/simclr's
+  `build_optimizer`: weight decay `section.weight_decay` on kernels (not on
+  BatchNorm or biases; on the classifier's kernel too, where google adds it
+  as an L2 loss), and the trust ratio on the kernels but the classifier's,
+  which takes plain momentum steps (so a zero-initialised head learns at the
+  learning rate, not at eeta x its own norm).
+  """
   peak = float(section.base_learning_rate) * math.sqrt(section.batch_size)
-  schedule = optax.cosine_decay_schedule(peak, max(total_steps, 1))
-  mask = optim.kernel_mask
+  schedule = optim.create_schedule(peak, warmup_steps, total_steps)
   tx = optax.lars(learning_rate=schedule,
                   weight_decay=float(section.weight_decay),
-                  weight_decay_mask=mask, trust_coefficient=1e-3, eps=0.0,
-                  trust_ratio_mask=mask, momentum=float(section.momentum),
-                  nesterov=False)
+                  weight_decay_mask=optim.kernel_mask, trust_coefficient=1e-3,
+                  eps=0.0, trust_ratio_mask=_trust_ratio_mask,
+                  momentum=float(section.momentum), nesterov=False)
   return tx, schedule
 
 
@@ -214,23 +247,18 @@ def _make_step(classifier: Classifier, tx: optax.GradientTransformation,
 
 
 def _make_eval(classifier: Classifier, mesh: jax.sharding.Mesh):
+  """Jitted (state, images, labels, mask) -> {'top1', 'top5', 'count'}."""
   def per_device(state, images, labels, mask):
     logits = classifier.apply(
         {'params': state.params, 'batch_stats': state.batch_stats},
         images.astype(jnp.float32) / 255.0, train=False)
-    valid = mask & (labels >= 0)
-    _, top = lax.top_k(logits, min(5, logits.shape[-1]))
-    hit5 = jnp.any(top == labels[:, None], -1) & valid
-    hit1 = (top[:, 0] == labels) & valid
-    return {'top1': lax.psum(jnp.sum(hit1), AXIS),
-            'top5': lax.psum(jnp.sum(hit5), AXIS),
-            'count': lax.psum(jnp.sum(valid), AXIS)}
+    return linear.topk_counts(logits, labels, mask)
   return jax.jit(jax.shard_map(per_device, mesh=mesh,
                                in_specs=(P(), P(AXIS), P(AXIS), P(AXIS)),
                                out_specs=P()))
 
 
-def _labelled_subset(run: Any, config: Any, local: int
+def labelled_subset(run: Any, config: Any, local: int
                      ) -> tuple[np.ndarray, np.ndarray, int]:
   """This process's subset images uint8 (n, S, S, 3) and labels, and the
   global subset size. Two passes over the labelled train split: labels,
@@ -273,13 +301,50 @@ def _labelled_subset(run: Any, config: Any, local: int
   return images, np.asarray(ys, np.int32), len(subset)
 
 
+class LabelledSubset:
+  """The labelled subset in host memory and the batch of each step.
+
+  `labelled_subset`'s images and labels of this process; step k's batch is
+  a function of (config.seed, k): one seeded permutation of the subset per
+  epoch (`data.order.EpochOrder`), so a resumed run takes the same batches.
+
+  Attributes:
+    num_labelled: examples of the subset over every process.
+    steps_per_epoch: steps of one pass over it (the fewest of any process).
+  """
+
+  def __init__(self, run: Any, config: Any, global_batch: int, field: str):
+    """Reads the subset; `field` names the batch size in errors."""
+    from simclr_jax.data import order  # pylint: disable=g-import-not-at-top
+    self.mesh = run.mesh
+    local = run.local_batch(global_batch)
+    with config_lib.user_errors():
+      self.images, self.labels, self.num_labelled = labelled_subset(
+          run, config, runs_lib.eval_local_batch(config, run.mesh))
+    if self.num_labelled < global_batch:
+      raise config_lib.ConfigError(
+          f'{field}={global_batch} is larger than the labelled subset '
+          f'({self.num_labelled} examples); lower it')
+    self.steps_per_epoch = parallel.min_over_processes(
+        max(len(self.labels) // local, 1))
+    self.order = order.EpochOrder(int(config.seed), jax.process_index(),
+                                  len(self.labels), local,
+                                  self.steps_per_epoch)
+
+  def batch(self, step: int) -> dict[str, jax.Array]:
+    """Step `step`'s global batch: {'image': uint8 (B, S, S, 3), 'label':
+    int32 (B,)}, sharded over the mesh."""
+    idx = self.order.step_indices(step)
+    return parallel.host_to_global(
+        {'image': self.images[idx], 'label': self.labels[idx]}, self.mesh)
+
+
 def finetune(config: Any, workdir: str) -> dict[str, Any]:
   """Fine-tunes `config.init_from`'s network on a labelled subset.
 
   Returns the final record {'finetune_top1', 'finetune_top5',
   'label_fraction', 'num_labelled', ...}, or one with 'preempted': True.
   """
-  from simclr_jax.data import order  # pylint: disable=g-import-not-at-top
   run = runs_lib.Run(config, workdir)
   try:
     if run.info.num_classes == 0:
@@ -288,23 +353,17 @@ def finetune(config: Any, workdir: str) -> dict[str, Any]:
     _, pretrained, init_step = runs_lib.load_encoder(config, run.mesh)
     section = config.finetune
     gbs = int(section.batch_size)
-    local = run.local_batch(gbs)
-    eval_local = runs_lib.eval_local_batch(config, run.mesh)
-    with config_lib.user_errors():
-      images, labels, num_labelled = _labelled_subset(run, config, eval_local)
-    if num_labelled < gbs:
-      raise config_lib.ConfigError(
-          f'finetune.batch_size={gbs} is larger than the labelled subset '
-          f'({num_labelled} examples); lower it')
-    spe = parallel.min_over_processes(max(len(labels) // local, 1))
-    total = max(int(math.ceil(float(section.epochs) * spe)), 1)
-    tx, schedule = _optimizer(section, total)
+    subset = LabelledSubset(run, config, gbs, 'finetune.batch_size')
+    num_labelled = subset.num_labelled
+    total = max(int(math.ceil(float(section.epochs) * subset.steps_per_epoch)),
+                1)
+    tx, schedule = create_optimizer(section, total)
     classifier = Classifier(
         config.model, int(section.from_proj_layer), run.info.num_classes,
         axis_name=AXIS,
         conv_gradients=parallel.conv_gradients(config, run.mesh))
-    state = _init_state(classifier, tx, pretrained, int(config.image_size),
-                        run.mesh)
+    state = init_state(classifier, tx, pretrained, int(config.image_size),
+                       run.mesh)
     manager, state = checkpoint.resume_or_start(
         config, workdir, state, keep=2,
         save_every_steps=int(section.checkpoint_every_steps),
@@ -316,36 +375,24 @@ def finetune(config: Any, workdir: str) -> dict[str, Any]:
             f'{total} steps of {gbs}', flush=True)
     step_fn = _make_step(classifier, tx, linear.crop_flip_spec(config),
                          run.mesh)
-    epoch_order = order.EpochOrder(int(config.seed), jax.process_index(),
-                                   len(labels), local, spe)
     key = parallel.replicate(jax.random.key(config.seed), run.mesh)
-    writer = reporting.MetricsWriter(workdir)
-    progress = reporting.Progress(total, start, enabled=run.is_chief,
-                                  images_per_step=gbs, label='fine-tuning')
+    writer, progress = run.reporters(total, start, gbs, 'fine-tuning')
     t0 = time.perf_counter()
 
     def one_step(state, step):
-      idx = epoch_order.step_indices(step)
-      batch = parallel.host_to_global(
-          {'image': images[idx], 'label': labels[idx]}, run.mesh)
+      batch = subset.batch(step)
       return step_fn(state, batch['image'], batch['label'],
                      jax.random.fold_in(key, step))
 
-    state, preempted = runs_lib.run_steps(
+    state, stopped = runs_lib.run_steps(
         config, state, manager, one_step, total=total, schedule=schedule,
         writer=writer, progress=progress,
         checkpoint_every=int(section.checkpoint_every_steps))
-    if preempted:
-      record = writer.write(int(state.step), {}, preempted=True)
-      writer.close()
-      return record
+    if stopped:
+      return stopped
     eval_fn = _make_eval(classifier, run.mesh)
-    totals = {'top1': 0, 'top5': 0, 'count': 0}
-    for b in run.source.eval_iterator('eval', eval_local):
-      g = parallel.host_to_global(b, run.mesh)
-      got = jax.device_get(eval_fn(state, g['image'], g['label'], g['mask']))
-      for k in totals:
-        totals[k] += int(got[k])
+    totals = runs_lib.count_eval_split(
+        run, lambda *batch: eval_fn(state, *batch))
     count = max(totals['count'], 1)
     record = writer.write(
         total, {'finetune_top1': totals['top1'] / count,

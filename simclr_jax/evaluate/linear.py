@@ -169,6 +169,24 @@ def make_train_step(model: Any, tx: optax.GradientTransformation,
   return jax.jit(step, donate_argnums=(0,))
 
 
+def topk_counts(logits: jax.Array, labels: jax.Array, mask: jax.Array
+                ) -> dict[str, jax.Array]:
+  """Top-1 and top-5 hits of this device's rows, summed over the mesh.
+
+  Inside `shard_map` over AXIS. Args: logits float (n, K); labels int32
+  (n,), -1 unlabelled; mask bool (n,), False on padding. Rows with mask False
+  or label -1 are not counted. Returns int32 scalars {'top1', 'top5',
+  'count'} (top-5 is top-K when K < 5).
+  """
+  valid = mask & (labels >= 0)
+  _, top = lax.top_k(logits, min(5, logits.shape[-1]))
+  hit5 = jnp.any(top == labels[:, None], axis=-1) & valid
+  hit1 = (top[:, 0] == labels) & valid
+  return {'top1': lax.psum(jnp.sum(hit1), AXIS),
+          'top5': lax.psum(jnp.sum(hit5), AXIS),
+          'count': lax.psum(jnp.sum(valid), AXIS)}
+
+
 def make_eval_step(model: Any, mesh: jax.sharding.Mesh, *,
                    inputs: str = 'images') -> Callable:
   """Jitted (state, variables, x, labels, mask) -> global counts.
@@ -179,15 +197,7 @@ def make_eval_step(model: Any, mesh: jax.sharding.Mesh, *,
   """
   def per_device(state, variables, x, labels, mask):
     h = _features(model, variables, x, inputs, None, None)
-    logits = logits_of(state.params, state.stats, h)
-    valid = mask & (labels >= 0)
-    k = min(5, logits.shape[-1])
-    _, top = lax.top_k(logits, k)
-    hit5 = jnp.any(top == labels[:, None], axis=-1) & valid
-    hit1 = (top[:, 0] == labels) & valid
-    return {'top1': lax.psum(jnp.sum(hit1), AXIS),
-            'top5': lax.psum(jnp.sum(hit5), AXIS),
-            'count': lax.psum(jnp.sum(valid), AXIS)}
+    return topk_counts(logits_of(state.params, state.stats, h), labels, mask)
 
   return jax.jit(jax.shard_map(
       per_device, mesh=mesh,

@@ -1,4 +1,4 @@
-"""The evaluation modes of `main.py`: linear evaluation, fine-tuning, export.
+"""The modes of `main.py`: linear evaluation, fine-tuning, export, distillation.
 
     python main.py --config=configs/cifar10.py --workdir=EVAL_DIR \\
         --config.mode=linear_eval --config.init_from=PRETRAIN_DIR
@@ -10,8 +10,10 @@ every config kept, checkpoints, resuming after kill -9 or SIGTERM, progress
 and `metrics.jsonl`. A checkpoint of another model (other `config.model`) is
 refused in one line.
 
-The top of the imports: modes -> train, finetune -> probe, runs -> the
-building blocks (tests/test_layout.py keeps them one way).
+`distill` (SimCLRv2's third step) reads a fine-tuned teacher instead
+(evaluate/distill.py). The top of the imports: modes -> train, finetune,
+distill -> probe, runs -> the building blocks (tests/test_layout.py keeps
+them one way).
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ from simclr_jax import config_lib
 from simclr_jax import reporting
 from simclr_jax import train
 from simclr_jax import workdir as workdir_lib
+from simclr_jax.evaluate import distill as distill_lib
 from simclr_jax.evaluate import features as features_lib
 from simclr_jax.evaluate import finetune as finetune_lib
 from simclr_jax.evaluate import probe
 from simclr_jax.evaluate import runs as runs_lib
 
-MODES = ('pretrain', 'linear_eval', 'finetune', 'export')
+MODES = config_lib.MODES
 
 
 # ------------------------------------------------------------------ export
@@ -189,5 +192,7 @@ def run_mode(config: Any, workdir: str) -> dict[str, Any]:
     return export(config, workdir)
   if mode == 'finetune':
     return finetune_lib.finetune(config, workdir)
+  if mode == 'distill':
+    return distill_lib.distill(config, workdir)
   raise config_lib.ConfigError(f'mode must be one of {MODES}, got {mode!r}')
 

@@ -160,22 +160,18 @@ def train_linear_head(run: Run, model: Any, variables: Any, *,
     host = _feature_file_batches(path_h, path_y, config.seed, local, start,
                                  spe)
   key = parallel.replicate(jax.random.key(config.seed), run.mesh)
-  writer = reporting.MetricsWriter(workdir)
-  progress = reporting.Progress(total, start, enabled=run.is_chief,
-                                images_per_step=gbs, label=label)
+  writer, progress = run.reporters(total, start, gbs, label)
 
   def one_step(state, step):
     batch = parallel.host_to_global(next(host), run.mesh)
     return step_fn(state, variables, batch['image'], batch['label'],
                    jax.random.fold_in(key, step))
 
-  state, preempted = runs_lib.run_steps(
+  state, stopped = runs_lib.run_steps(
       config, state, manager, one_step, total=total, schedule=schedule,
       writer=writer, progress=progress,
       checkpoint_every=int(section.checkpoint_every_steps))
-  if preempted:
-    writer.write(int(state.step), {}, preempted=True)
-    writer.close()
+  if stopped:
     return {'preempted': True}
   writer.close()
   return {**score_linear_head(run, model, variables, state), 'steps': total}
