@@ -133,7 +133,29 @@ def main(argv):
   except train.TrainingDiverged as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
+  except Exception as e:  # pylint: disable=broad-except
+    return _write_failed(e)
   return 0
+
+
+def _write_failed(e: Exception) -> int:
+  """A full disk or read-only workdir: one line, exit 1; anything else raises.
+
+  Saves still in flight are waited for (a while) and their managers closed
+  first, so no background thread reports the failure again. The process
+  then ends at once (`os._exit`): orbax's threads of a refused save may
+  never end, and the interpreter's exit would wait for them forever.
+  """
+  from simclr_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from simclr_jax import storage  # pylint: disable=g-import-not-at-top
+  line = storage.failure_line(e, os.path.abspath(FLAGS.workdir))
+  if line is None:
+    raise e
+  del e  # Its traceback holds orbax's failed tasks: collected before exit.
+  checkpoint.abandon_open()
+  print(f'error: {line}', file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(1)  # pylint: disable=protected-access
 
 
 if __name__ == '__main__':

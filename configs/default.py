@@ -58,6 +58,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Folders: keep decoded images (device crop) or file bytes (host crop) in
   # memory. Fixed-size TFDS splits up to 4 GiB per process always are.
   data.cache = False
+  # An image that fails to decode (a damaged file or TFDS record): 'skip'
+  # lists it in WORKDIR/undecodable.txt and leaves it out (replaced in its
+  # training batch); 'stop' ends the run with one line naming it.
+  data.on_undecodable = 'skip'
   data.prefetch = 2  # Batches prefetched to the device.
   data.num_parallel_calls = -1  # tf.data parallelism (-1 = AUTOTUNE).
 

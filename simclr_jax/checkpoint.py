@@ -4,21 +4,34 @@ The train state is a pytree of arrays (step, params, batch_stats, opt_state).
 PRNG keys and the data order are functions of (seed, step), so the state
 alone makes a resumed run continue exactly where it stopped. Saves are
 atomic: orbax writes to a temporary folder and renames it when complete, so a
-run killed mid-save resumes from the previous checkpoint.
+run killed mid-save resumes from the previous checkpoint (the temporary folders
+such a run leaves are removed when the next run opens the checkpoints). A save
+that the file system refuses (a full disk) leaves the previous checkpoints
+intact; `abandon_open` ends the managers of such a run quietly.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging as py_logging
 import os
+import re
+import shutil
 import sys
-from typing import Any, Callable, Iterator
+import threading
+import weakref
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+
+from simclr_jax import storage
+
+# What orbax adds to the name of a checkpoint's folder while it is written.
+TMP_MARK = '.orbax-checkpoint-tmp'
+# The managers that write (create_manager), for abandon_open.
+_OPEN: weakref.WeakSet = weakref.WeakSet()
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -30,14 +43,70 @@ def create_manager(workdir: str, *, keep: int = 3,
   """A manager for `workdir/checkpoints` keeping the last `keep` checkpoints.
 
   `save_every_steps` > 0 makes `manager.save(step, ...)` skip steps that are
-  not multiples of it (a `force=True` save always happens).
+  not multiples of it (a `force=True` save always happens). The temporary
+  folders of saves that never finished (a run killed mid-save) are removed.
+  orbax's own reports of saves that the file system refuses are dropped
+  (`storage.OrbaxWriteReports`): the failure is raised by the next save or
+  wait, and main.py tells it in one line.
   """
+  storage.drop_orbax_write_reports()
+  if jax.process_index() == 0:
+    remove_unfinished_saves(workdir)
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep if keep > 0 else None,
       save_interval_steps=max(save_every_steps, 1),
       create=True,
       enable_async_checkpointing=True)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+  manager = ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+  _OPEN.add(manager)
+  return manager
+
+
+def remove_unfinished_saves(workdir: str) -> int:
+  """Removes the temporary folders of saves that never finished; how many.
+
+  A run killed mid-save leaves `checkpoints/<step>.orbax-checkpoint-tmp...`.
+  Removed here, at once, rather than by orbax's `cleanup_tmp_directories`,
+  whose background thread can outlive a run that stops at once (a refused
+  resume) and then fails noisily at interpreter exit.
+  """
+  folder = checkpoint_dir(workdir)
+  try:
+    names = [n for n in os.listdir(folder) if TMP_MARK in n]
+  except OSError:
+    return 0
+  for name in names:
+    shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+  return len(names)
+
+
+def abandon_open(timeout: float = 60.0) -> bool:
+  """Ends every manager still open after a failure; False if it timed out.
+
+  Waits for the save in flight (whose failure, if any, was already told or
+  is told by the caller) and closes, dropping their errors, so that no
+  background thread reports it again. Complete checkpoints stay. orbax's
+  threads can wait forever for a save that the file system refused (seen
+  with a read-only workdir), so this waits at most `timeout` seconds and
+  the caller should then leave with `os._exit`, which does not wait for
+  them.
+  """
+  managers = list(_OPEN)
+
+  def end_all():
+    for manager in managers:
+      for end in (manager.wait_until_finished, manager.close):
+        try:
+          end()
+        except Exception:  # pylint: disable=broad-except
+          pass
+      _OPEN.discard(manager)
+
+  worker = threading.Thread(target=end_all, daemon=True,
+                            name='simclr_jax-abandon')
+  worker.start()
+  worker.join(timeout)
+  return not worker.is_alive()
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, *,
@@ -100,6 +169,8 @@ def first_cause(e: BaseException) -> str:
   while e.__cause__ is not None:
     e = e.__cause__
   line = (str(e).strip().splitlines() or [''])[0]
+  # The checkpoint's folder is named by the caller: keep room for the cause.
+  line = re.sub(r' in OCDBT database at local file "[^"]*"', '', line)
   return f'{type(e).__name__}: {line}'[:240]
 
 
@@ -117,27 +188,29 @@ def _about_a_read(text: str) -> bool:
   return any(name in text for name in _READ_COROUTINES)
 
 
-@contextlib.contextmanager
-def _read_reports_dropped() -> Iterator[None]:
-  """Inside, asyncio's and the interpreter's reports of orbax reads are dropped."""
-  logger = py_logging.getLogger('asyncio')
+_DROPPING: list[bool] = []
 
-  def keep(record: py_logging.LogRecord) -> bool:
-    return not _about_a_read(record.getMessage())
 
+def _drop_read_reports() -> None:
+  """From now on, asyncio's and the interpreter's reports of orbax reads are dropped.
+
+  Installed (once) by the first read: the reports of a failed read's tasks
+  come as they are collected, which may be long after the failure (when
+  orbax's event loop lets them go, e.g. as its manager closes). Only
+  reports that name orbax's read coroutines are dropped.
+  """
+  if _DROPPING:
+    return
+  py_logging.getLogger('asyncio').addFilter(
+      lambda record: not _about_a_read(record.getMessage()))
   previous_hook = sys.unraisablehook
 
   def hook(unraisable):
     if not _about_a_read(repr(unraisable.object)):
       previous_hook(unraisable)
 
-  logger.addFilter(keep)
   sys.unraisablehook = hook
-  try:
-    yield
-  finally:
-    sys.unraisablehook = previous_hook
-    logger.removeFilter(keep)
+  _DROPPING.append(True)
 
 
 def read_or_damaged(read: Callable[[], Any]) -> Any:
@@ -148,20 +221,23 @@ def read_or_damaged(read: Callable[[], Any]) -> Any:
   garbage-collected, by asyncio's logger ('Task exception was never
   retrieved', a traceback and a TensorStore spec each) or by the
   interpreter ('Exception ignored in: <coroutine ...>'): dozens for one
-  damaged file. Here the failure becomes one line, its traceback (whose
-  frames hold those tasks) is dropped and the garbage collected while
-  reports about orbax's read coroutines, and only those, are dropped.
+  damaged file, or hundreds (a zeroed file: every chunk fails to
+  decompress), some of them only when orbax's manager closes. Here the
+  failure becomes one line, its traceback (whose frames hold those tasks)
+  is dropped and the garbage collected, and reports about orbax's read
+  coroutines, and only those, are dropped from then on
+  (`_drop_read_reports`).
 
   Raises:
     DamagedCheckpoint: `read` raised; its message is the innermost cause.
   """
+  _drop_read_reports()
   message = None
-  with _read_reports_dropped():
-    try:
-      return read()
-    except Exception as e:  # pylint: disable=broad-except
-      message = first_cause(e)
-    gc.collect()  # `e` is gone: its tasks are collected and reported here.
+  try:
+    return read()
+  except Exception as e:  # pylint: disable=broad-except
+    message = first_cause(e)
+  gc.collect()  # `e` is gone: its tasks are collected (and dropped) here.
   raise DamagedCheckpoint(message)
 
 
@@ -299,7 +375,8 @@ def resume_or_start(config: Any, workdir: str, state: Any, *, keep: int,
           workdir_lib.check_resume(workdir, config)
         restored = restore_step(manager, state, step)
     except DamagedCheckpoint as e:
-      manager.close()
+      manager.close()  # The failed read's tasks end with it (dropped).
+      gc.collect()
       where = set_aside(workdir, step) if jax.process_index() == 0 else ''
       print(f'simclr_jax: warning: the checkpoint of step {step} is damaged '
             f'({str(e).splitlines()[0][:240]}); moved to {where}, trying the '
@@ -332,3 +409,4 @@ def finish(manager: ocp.CheckpointManager, total_steps: int, state: Any,
     save(manager, total_steps, state, force=True)
   manager.wait_until_finished()
   manager.close()
+  _OPEN.discard(manager)

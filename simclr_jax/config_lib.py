@@ -27,6 +27,7 @@ from typing import Any, Iterator
 
 SOURCES = ('tfds', 'folder', 'digits')
 CROPS = ('auto', 'device', 'host')
+ON_UNDECODABLE = ('skip', 'stop')
 
 
 class ConfigError(ValueError):
@@ -109,6 +110,7 @@ def data_checks(config: Any) -> None:
   d = config.data
   _one_of(d.source, SOURCES, 'data.source')
   _one_of(d.crop, CROPS, 'data.crop')
+  _one_of(d.on_undecodable, ON_UNDECODABLE, 'data.on_undecodable')
   _fraction(config, 'data.eval_crop_fraction', low_open=True, high_open=False)
   _fraction(config, 'data.holdout_fraction', low_open=False, high_open=True)
   _int_at_least(config, 'data.resize_to', 0)

@@ -55,12 +55,26 @@ DECODER_MESSAGE_STARTS = (
 )
 
 
+# TensorFlow's own log lines about damaged images come from its wrappers of
+# the decoders, e.g. 'E0000 00:00:1796649003.03 30946 jpeg_mem.cc:331]
+# Premature end of JPEG data. Stopped at line 14/48' (one a truncated JPEG).
+DECODER_SOURCES = ('jpeg_mem.cc:', 'jpeg_handle.cc:', 'png_io.cc:',
+                   'gif_io.cc:')
+
 LOG_NAME = 'decoder_messages.log'  # In the workdir (main.py).
 
 
 def is_decoder_message(line: str) -> bool:
-  """Whether one line of native stderr is a message of an image decoder."""
-  return line.strip().startswith(DECODER_MESSAGE_STARTS)
+  """Whether one line of native stderr is a message of an image decoder.
+
+  A message of libjpeg or libpng, or a log line of TensorFlow's decoder
+  wrappers (its source file named before the first ']').
+  """
+  text = line.strip()
+  if text.startswith(DECODER_MESSAGE_STARTS):
+    return True
+  head = text.split(']', 1)[0] if ']' in text else ''
+  return text[:1] in 'IWEF' and any(s in head for s in DECODER_SOURCES)
 
 
 def summary(count: int, log_path: str) -> str:

@@ -138,6 +138,7 @@ class MetricsWriter:
     self._tb = None
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
+      _end_cut_line(self.path)
       if tensorboard:
         try:
           import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -170,10 +171,35 @@ class MetricsWriter:
       self._tb = None
 
 
+def _end_cut_line(path: str) -> None:
+  """Ends a last line cut short (a full disk) so the next record starts anew."""
+  try:
+    with open(path, 'rb+') as f:
+      f.seek(0, os.SEEK_END)
+      if f.tell() == 0:
+        return
+      f.seek(-1, os.SEEK_END)
+      if f.read(1) != b'\n':
+        f.write(b'\n')
+  except FileNotFoundError:
+    pass
+
+
 def read_metrics(workdir: str) -> list[dict]:
-  """All records of `workdir/metrics.jsonl`, oldest first."""
+  """All records of `workdir/metrics.jsonl`, oldest first.
+
+  A line cut short (the disk filled up while it was written) is skipped.
+  """
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(path):
     return []
+  records = []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(record, dict):
+        records.append(record)
+  return records

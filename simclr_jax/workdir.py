@@ -41,6 +41,7 @@ FREE_FIELDS = (
     'train.cpu_strided_gradient_forms',
     'train.allow_config_change',
     'data.prefetch', 'data.num_parallel_calls', 'data.cache',
+    'data.on_undecodable',  # Whether to stop: it changes no result.
     'data.data_dir',  # The same data may move; its size is checked apart.
     'data.download', 'augment.strategy', 'model.remat',
 )

@@ -170,6 +170,7 @@ BAD_VALUES = {
     'data.holdout_fraction': ['1.0', '-0.1'],
     'data.name': [],  # Checked when the data is opened: test_cli.
     'data.num_parallel_calls': ['0', '-5'],
+    'data.on_undecodable': ['ignore'],
     'data.prefetch': ['-1'],
     'data.resize_to': ['-16'],
     'data.shuffle_buffer': ['0'],

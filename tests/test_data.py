@@ -401,16 +401,8 @@ def _undecodable_jpeg(seed):
 
   It passes the scan's header and end-marker check; decoding it fails.
   """
-  import io  # pylint: disable=g-import-not-at-top
-  buf = io.BytesIO()
-  Image.fromarray(_rgb(seed, 8, 8)).save(buf, 'JPEG', quality=90)
-  good = buf.getvalue()
-  sos = good.rfind(b'\xff\xda')
-  start = sos + 2 + int.from_bytes(good[sos + 2:sos + 4], 'big')
-  end = good.rfind(b'\xff\xd9')
-  junk = np.random.default_rng(seed).integers(0, 255, end - start - 2,
-                                              dtype=np.uint8).tobytes()
-  return good[:start] + b'\xff\x6b' + junk + good[end:]
+  from images import damaged_jpeg  # pylint: disable=g-import-not-at-top
+  return damaged_jpeg(seed)
 
 
 def _write_folder(root, n_good, n_bad, classes=('a', 'b'), seed=0):

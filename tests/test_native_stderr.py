@@ -16,9 +16,12 @@ def test_decoder_messages_are_recognised():
   for line in ('Corrupt JPEG data: 12 extraneous bytes before marker 0xd9',
                'Premature end of JPEG file', 'Input file read error',
                'Unsupported marker type 0x96', 'Not a JPEG file: starts with '
-               '0x00 0x00', 'libpng warning: iCCP: known incorrect sRGB'):
+               '0x00 0x00', 'libpng warning: iCCP: known incorrect sRGB',
+               'E0000 00:00:1796649003.032125   30946 jpeg_mem.cc:331] '
+               'Premature end of JPEG data. Stopped at line 14/48'):
     assert native_stderr.is_decoder_message(line + '\n'), line
   for line in ('F external/xla/xla/service/cpu/foo.cc:12] Check failed',
+               'E0000 00:00:1.0 1 cuda_dnn.cc:8] jpeg_mem.cc: not a source',
                'Fatal Python error: Segmentation fault', 'step 3/10 | loss 1',
                'error: something', ''):
     assert not native_stderr.is_decoder_message(line), line

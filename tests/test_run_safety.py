@@ -204,22 +204,11 @@ def test_signals_acknowledged_at_once_second_stops_now(env, tmp_path):
 
 def _undecodable_folder(root, n=40):
   """Class folders of JPEGs with intact markers and junk bodies."""
-  import io  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from images import damaged_jpeg  # pylint: disable=g-import-not-at-top
   for i in range(n):
-    rng = np.random.default_rng(i)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (8, 8, 3), np.uint8)).save(
-        buf, 'JPEG', quality=90)
-    good = buf.getvalue()
-    sos = good.rfind(b'\xff\xda')
-    start = sos + 2 + int.from_bytes(good[sos + 2:sos + 4], 'big')
-    end = good.rfind(b'\xff\xd9')
-    junk = rng.integers(0, 255, end - start - 2, dtype=np.uint8).tobytes()
     os.makedirs(os.path.join(root, f'c{i % 2}'), exist_ok=True)
     with open(os.path.join(root, f'c{i % 2}', f'{i:03d}.jpg'), 'wb') as f:
-      f.write(good[:start] + b'\xff\x6b' + junk + good[end:])
+      f.write(damaged_jpeg(i))
 
 
 def _good_folder(root, n):

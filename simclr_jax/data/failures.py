@@ -138,6 +138,32 @@ def nothing_decodes(total: int, what: str, names: Sequence[str]) -> DataError:
                    f'({examples(names, len(names))})')
 
 
+def stop_error(names: Sequence[str]) -> DataError:
+  """The one line of data.on_undecodable = 'stop': the images named."""
+  return DataError(
+      f'cannot decode {examples(names, len(names))} (data.on_undecodable = '
+      "'stop'; with 'skip' such images are listed in undecodable.txt and left "
+      'out)')
+
+
+def undecodable(names: Sequence[str], action: str, stop: bool) -> None:
+  """Images that failed to decode: listed and counted, or (`stop`) an error.
+
+  Args:
+    names: the files or records ('cifar10:train[17]'), each told once.
+    action: what happens to them ('left out of the 'eval' split', ...).
+    stop: data.on_undecodable == 'stop'.
+
+  Raises:
+    DataError: `stop`, naming them.
+  """
+  if not names:
+    return
+  if stop:
+    raise stop_error(names)
+  _report(list(names), action)
+
+
 class DecodeFailures:
   """The files of a source that do not decode, by index into its paths.
 
@@ -145,9 +171,13 @@ class DecodeFailures:
   `is_bad` may be read from tf.data's generator threads at the same time.
   """
 
-  def __init__(self, names: np.ndarray):
-    """`names`: (N,) object array, the file of each index (for messages)."""
+  def __init__(self, names: np.ndarray, stop: bool = False):
+    """`names`: (N,) object array, the file of each index (for messages).
+
+    `stop`: data.on_undecodable == 'stop': `record` raises `DataError`.
+    """
     self.names = names
+    self.stop = stop
     self.bad = np.zeros(len(names), bool)
     self._lock = threading.Lock()
 
@@ -164,9 +194,11 @@ class DecodeFailures:
     Args:
       indices: file indices that failed to decode.
       action: what happens to them ('replaced in its batch', ...).
+
+    Raises:
+      DataError: data.on_undecodable is 'stop' and a file is new.
     """
     with self._lock:
       new = [int(i) for i in indices if not self.bad[i]]
       self.bad[new] = True
-    if new:
-      _report([str(self.names[i]) for i in new], action)
+    undecodable([str(self.names[i]) for i in new], action, self.stop)

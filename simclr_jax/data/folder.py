@@ -79,7 +79,7 @@ class FileSource(base.DataSource):
     super().__init__(config, num_classes=num_classes,
                      crop_on_host=base.crop_on_host(config, auto_host=True))
     self.paths, self.labels = paths, labels
-    self.failures = failures_lib.DecodeFailures(paths)
+    self.failures = failures_lib.DecodeFailures(paths, self._stop())
     self._fixed_shape = None
     self._decoded = None
     self._check_some_decode()
@@ -114,13 +114,15 @@ class FileSource(base.DataSource):
       names = [str(p) for p in self.paths[failed]]
       if not ok.any():
         raise failures_lib.nothing_decodes(n, self._where(), names)
+      if self._stop():
+        raise failures_lib.stop_error(names)
       where = failures_lib.list_files(names, 'left out (data.cache)')
       logging.warning('%d of the %d images of %s cannot be decoded and are '
                       'left out%s: %s', len(failed), n, self._where(), where,
                       failures_lib.examples(names, len(names)))
     num_eval = int(ok[n - num_eval:].sum()) if num_eval else 0
     self.paths, self.labels = self.paths[ok], self.labels[ok]
-    self.failures = failures_lib.DecodeFailures(self.paths)
+    self.failures = failures_lib.DecodeFailures(self.paths, self._stop())
     self._decoded = _DecodedFiles(self, images)
     return num_eval
 
@@ -152,6 +154,9 @@ class FileSource(base.DataSource):
         f'{self._where()} can be decoded '
         f'({failures_lib.examples(names, len(names))}); the files are '
         'damaged or not images')
+
+  def _stop(self) -> bool:
+    return self.config.data.on_undecodable == 'stop'
 
   def _where(self) -> str:
     return repr(str(self.config.data.data_dir))

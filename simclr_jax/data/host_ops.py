@@ -125,17 +125,22 @@ def decode_windows(contents: tf.Tensor, window_fn: Callable,
   """Decodes `num` windows of an encoded image, a JPEG only where needed.
 
   `window_fn(height, width, i)` gives window i as int32 [y, x, h, w]. A JPEG
-  is decoded only inside the rectangle spanning the windows
-  (`tf.image.decode_and_crop_jpeg`: one partial decode, never more work than
-  a full decode, and less than decoding each window on its own); other
-  formats are decoded whole. Returns a list of uint8 (h_i, w_i, 3) crops.
+  is decoded only inside the columns spanning the windows, from their top
+  row to the image's last row (`tf.image.decode_and_crop_jpeg`: one partial
+  decode, never more work than a full decode). Down to the last row: a
+  decode that stops above it leaves the rest of the file unread, and
+  libjpeg then returns grey or garbage for a file whose data is damaged
+  (a bad marker, a cut) instead of failing as a full decode does; read to
+  the end it fails alike, so a damaged file is replaced or left out on the
+  host-crop path too. Other formats are decoded whole. Returns a list of
+  uint8 (h_i, w_i, 3) crops.
   """
   def jpeg():
     shape = tf.image.extract_jpeg_shape(contents)
     windows = [window_fn(shape[0], shape[1], i) for i in range(num)]
     w = tf.stack(windows)
     top, left = tf.reduce_min(w[:, 0]), tf.reduce_min(w[:, 1])
-    bottom = tf.reduce_max(w[:, 0] + w[:, 2])
+    bottom = shape[0]  # Read to the end: damage is seen (see above).
     right = tf.reduce_max(w[:, 1] + w[:, 3])
     region = tf.image.decode_and_crop_jpeg(
         contents, tf.stack([top, left, bottom - top, right - left]),

@@ -75,6 +75,23 @@ def train_views(steps: tf.data.Dataset, view: Callable, batch: int,
   return ds.prefetch(max(int(config.data.prefetch), 1))
 
 
+def _decoded_or_empty(candidates: tf.data.Dataset, view: Callable,
+                      parallel: int) -> tf.data.Dataset:
+  """One element: the (images, labels, positions) of the candidates that decode.
+
+  `candidates`: (raw, label, key, position) of one step. Those whose
+  `view(raw, key)` fails are left out; when none decodes the element is
+  empty (a step always gives one element).
+  """
+  ds = candidates.map(host_ops.plain(lambda r, y, k, q: (view(r, k), y, q)),
+                      num_parallel_calls=parallel, deterministic=True)
+  shape = [0] + [d or 0 for d in ds.element_spec[0].shape.as_list()]
+  empty = tf.data.Dataset.from_tensors(
+      (tf.zeros(shape, tf.uint8), tf.zeros([0], tf.int32),
+       tf.zeros([0], tf.int32)))
+  return ds.ignore_errors().batch(1 << 20).concatenate(empty).take(1)
+
+
 def overflow_key(step: int, position: int, num_local: int,
                  process_index: int, process_count: int) -> int:
   """Crop key of candidate `position` >= width of a step (negative, unique)."""
@@ -215,15 +232,8 @@ class FileBatches:
     view = self.view
 
     def one_step(raw, labels, keys, positions, step):
-      ds = tf.data.Dataset.from_tensor_slices((raw, labels, keys, positions))
-      ds = ds.map(host_ops.plain(lambda r, y, k, q: (view(r, k), y, q)),
-                  num_parallel_calls=parallel, deterministic=True)
-      shape = [0] + [d or 0 for d in ds.element_spec[0].shape.as_list()]
-      empty = tf.data.Dataset.from_tensors(
-          (tf.zeros(shape, tf.uint8), tf.zeros([0], tf.int32),
-           tf.zeros([0], tf.int32)))
-      # The decoded ones as one batch, or an empty one: one element a step.
-      ds = ds.ignore_errors().batch(width).concatenate(empty).take(1)
+      ds = _decoded_or_empty(tf.data.Dataset.from_tensor_slices(
+          (raw, labels, keys, positions)), view, parallel)
       return ds.map(host_ops.plain(lambda x, y, q: (x, y, q, step)))
 
     ds = steps.interleave(host_ops.plain(one_step),
@@ -289,6 +299,74 @@ class FileBatches:
       step += 1
     if not signals.stop_requested():
       raise RuntimeError('the training input ended')
+
+
+class SpareSteps:
+  """Train batches of records read in an order with spares, for streams.
+
+  Each element of `steps` holds the candidates of one step: its b records,
+  then a few of the next ones of the same order (their keys are their own,
+  so a spare is cropped as in its own step). The batch is the first b
+  candidates whose view decodes, in order, so it depends only on (seed,
+  step) and the data: a resumed run reads the batches it would have read.
+  When fewer than b decode (more failures than spares in one step), those
+  that do are repeated in order to fill it. Records that fail before the
+  b-th that decodes are given, once each, to `on_failed`. A step where
+  nothing decodes raises `failures_lib.DataError` (one line). The iterator
+  ends early when a stop is requested (`signals.stop_requested`).
+  """
+
+  def __init__(self, steps: tf.data.Dataset, view: Callable, batch: int,
+               config: Any, on_failed: Callable[[list[bytes]], None],
+               what: str):
+    """Args:
+      steps: tf.data of (raw, label int32, key int64, name string), each with
+        a leading dimension of the step's candidates.
+      view: (raw, key) -> uint8 image of one example, in TF ops.
+      batch: examples per batch.
+      config: the run config (data.num_parallel_calls, data.prefetch).
+      on_failed: gets the names (bytes) of candidates that failed.
+      what: the data in messages.
+    """
+    self.steps, self.view, self.batch = steps, view, batch
+    self.config, self.on_failed, self.what = config, on_failed, what
+    self._told = set()
+
+  def _pipeline(self) -> tf.data.Dataset:
+    """(decoded images, labels, positions, all names) of each step."""
+    parallel, view = _step_parallel(self.config), self.view
+
+    def one_step(raw, labels, keys, names):
+      positions = tf.range(tf.shape(raw)[0])
+      ds = _decoded_or_empty(tf.data.Dataset.from_tensor_slices(
+          (raw, labels, keys, positions)), view, parallel)
+      return ds.map(host_ops.plain(lambda x, y, q: (x, y, q, names)))
+
+    ds = self.steps.interleave(host_ops.plain(one_step),
+                               cycle_length=STEPS_IN_FLIGHT, block_length=1,
+                               num_parallel_calls=STEPS_IN_FLIGHT,
+                               deterministic=True)
+    return ds.prefetch(max(int(self.config.data.prefetch), 1))
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    b = self.batch
+    for images, labels, positions, names in self._pipeline().as_numpy_iterator():
+      if signals.stop_requested():
+        return
+      if not len(positions):
+        raise failures_lib.DataError(
+            f'none of the {len(names)} images of a training step of '
+            f'{self.what} can be decoded '
+            f'({failures_lib.examples([n.decode() for n in names], len(names))})')
+      # Candidates skipped before the b-th that decoded (or all, if fewer).
+      last = positions[b - 1] if len(positions) >= b else len(names) - 1
+      failed = sorted(set(range(last + 1)) - set(positions.tolist()))
+      new = [names[q] for q in failed if names[q] not in self._told]
+      self._told.update(new)
+      if new:
+        self.on_failed(new)
+      keep = np.arange(b) % len(positions)
+      yield {'image': images[keep], 'label': labels[keep].astype(np.int32)}
 
 
 def ordered_steps(epochs: order.EpochOrder, raw: np.ndarray,

@@ -22,6 +22,7 @@ import tensorflow_datasets as tfds
 
 from simclr_jax.data import arrays
 from simclr_jax.data import base
+from simclr_jax.data import failures as failures_lib
 from simclr_jax.data import host_ops
 from simclr_jax.data import order
 from simclr_jax.data import streams
@@ -170,6 +171,15 @@ class Splits:
       return self.splits[split]
     return tfds.even_splits(self.splits[split], n=process_count)[process_index]
 
+  def offset(self, split: str, process_index: int, process_count: int) -> int:
+    """Position in `split` of the first example of this process's part."""
+    return sum(self.counts(split, process_count)[:process_index])
+
+  def record_name(self, split: str, position: int) -> str:
+    """A record by its position in `split`, for messages and the list."""
+    return (f'tfds {self.builder.name} split {self.splits[split]!r} record '
+            f'{position}')
+
   def counts(self, split: str, process_count: int) -> list[int]:
     """Examples of `split` on each of `process_count` processes."""
     key = (split, process_count)
@@ -180,14 +190,18 @@ class Splits:
     return self._counts[key]
 
 
-def _pair_fn(builder: tfds.core.DatasetBuilder) -> Callable:
-  """Maps a TFDS example dict to (image, label int32; -1 when none)."""
+def _pair_fn(builder: tfds.core.DatasetBuilder, with_id: bool = False
+             ) -> Callable:
+  """Maps a TFDS example dict to (image, label int32; -1 when none).
+
+  `with_id`: (image, label, tfds_id), the record's name in its file.
+  """
   has_label = 'label' in builder.info.features
 
   def pair(ex):
     y = (tf.cast(ex['label'], tf.int32) if has_label
          else tf.constant(-1, tf.int32))
-    return ex['image'], y
+    return (ex['image'], y, ex['tfds_id']) if with_id else (ex['image'], y)
   return pair
 
 
@@ -224,6 +238,30 @@ def make_source(config: Any) -> base.DataSource:
   return TfdsStreamSource(config, splits, num_classes, on_host)
 
 
+def _record_failed(splits: Splits, failed_parts: dict, config: Any,
+                   split: str, process_index: int, process_count: int,
+                   failed: list[int]) -> None:
+  """Keeps the local positions of a pass's undecodable records; tells them."""
+  key = (split, process_index, process_count)
+  known = set(failed_parts.get(key, []))
+  failed_parts[key] = sorted(known | set(failed))
+  first = splits.offset(split, process_index, process_count)
+  failures_lib.undecodable(  # Each told once, however many passes.
+      [splits.record_name(split, first + i) for i in failed if i not in known],
+      f'left out of the {split!r} split',
+      config.data.on_undecodable == 'stop')
+
+
+def _kept(splits: Splits, failed_parts: dict, split: str, process_index: int,
+          process_count: int) -> np.ndarray:
+  """Positions in `split` of a process's records minus those that failed."""
+  n = splits.counts(split, process_count)[process_index]
+  local = np.delete(np.arange(n, dtype=np.int64),
+                    failed_parts.get((split, process_index, process_count),
+                                     []))
+  return splits.offset(split, process_index, process_count) + local
+
+
 class TfdsArraySource(arrays.ArraySource):
   """A fixed-size TFDS dataset that fits in memory: decoded once per process."""
 
@@ -232,35 +270,51 @@ class TfdsArraySource(arrays.ArraySource):
     super().__init__(config, num_classes, image_shape)
     self.splits = splits
     self._parts = {}
+    self._failed = {}  # (split, process, count) -> local positions left out.
 
   def counts(self, split, process_count):
+    """The records of `split` (those that fail to decode included)."""
     return self.splits.counts(split, process_count)
 
   def local(self, split, process_index, process_count):
-    part = self.splits.part(split, process_index, process_count)
-    if str(part) not in self._parts:
-      self._parts[str(part)] = self._decode(part)
-    return self._parts[str(part)]
+    key = (split, process_index, process_count)
+    if key not in self._parts:
+      self._parts[key] = self._decode(*key)
+    return self._parts[key]
 
-  def _decode(self, part: Any) -> arrays.ArrayData:
-    """Decodes a split (part) into uint8 (N, H, W, 3) of image_shape."""
+  def kept_index(self, split: str, process_index: int,
+                 process_count: int) -> np.ndarray:
+    """int64 positions in `split` of this process's examples that decode."""
+    return _kept(self.splits, self._failed, split, process_index,
+                 process_count)
+
+  def _decode(self, split: str, process_index: int,
+              process_count: int) -> arrays.ArrayData:
+    """Decodes this process's part of a split into uint8 (N, H, W, 3).
+
+    Records whose image fails to decode are left out and told
+    (`failures_lib.undecodable`: listed and counted, or data.on_undecodable
+    = 'stop' ends the run naming the first).
+    """
     builder = self.splits.builder
+    part = self.splits.part(split, process_index, process_count)
     h, w, _ = self.image_shape
     stored = tuple(builder.info.features['image'].shape[:2])
 
-    def fix(image, y):
-      if image.shape[-1] == 1:
-        image = tf.image.grayscale_to_rgb(image)
-      image = image[..., :3]
+    def view(contents):
+      image = host_ops.decode_full(contents)
       if (h, w) != stored:
         image = host_ops.resize_to_shape(image, h, w)
       image.set_shape([h, w, 3])
-      return tf.cast(image, tf.uint8), y
+      return image
 
-    ds = examples(builder, part, decode_image=True)
-    ds = ds.map(host_ops.plain(fix), num_parallel_calls=tf.data.AUTOTUNE)
-    batches = ds.batch(_DECODE_BATCH).as_numpy_iterator()
-    return arrays.ArrayData(*streams.collect(batches, h, w))
+    failed = []
+    batches = streams.eval_batches(examples(builder, part, False), view,
+                                   _DECODE_BATCH, self.config, failed.extend)
+    data = arrays.ArrayData(*streams.collect(batches, h, w))
+    _record_failed(self.splits, self._failed, self.config, split,
+                   process_index, process_count, failed)
+    return data
 
 
 class TfdsStreamSource(base.DataSource):
@@ -272,6 +326,7 @@ class TfdsStreamSource(base.DataSource):
                      crop_on_host=crop_on_host)
     self.splits = splits
     self.builder = splits.builder
+    self._failed = {}  # (split, process, count) -> local positions left out.
     r = int(config.data.resize_to)
     shape = tuple(self.builder.info.features['image'].shape)
     if crop_on_host:
@@ -287,14 +342,26 @@ class TfdsStreamSource(base.DataSource):
           "data.crop = 'device'")
 
   def counts(self, split, process_count):
+    """The records of `split` (those that fail to decode included)."""
     return self.splits.counts(split, process_count)
+
+  def kept_index(self, split: str, process_index: int,
+                 process_count: int) -> np.ndarray:
+    """int64 positions in `split` of the rows of the last pass over it."""
+    return _kept(self.splits, self._failed, split, process_index,
+                 process_count)
 
   def _train_shape(self):
     return self.fixed + (3,)
 
   def _epoch_steps(self, epoch: int, first_step: int, batch: int, spe: int,
                    process_index: int, process_count: int) -> tf.data.Dataset:
-    """tf.data of the steps [first_step, spe) of one epoch, for train_views."""
+    """The steps [first_step, spe) of one epoch, for streams.SpareSteps.
+
+    Each step's candidates are its `batch` records and the next
+    `order.num_spares(batch)` ones of the epoch's order (fewer at its end):
+    (contents, label, key, tfds_id) with a leading dimension of their number.
+    """
     seed = base.config_seed(self.config)
     # One 31-bit seed per (run seed, epoch, process).
     epoch_seed = int(np.random.default_rng(
@@ -304,22 +371,33 @@ class TfdsStreamSource(base.DataSource):
         split=part, shuffle_files=True,
         decoders={'image': tfds.decode.SkipDecoding()},
         read_config=tfds.ReadConfig(shuffle_seed=epoch_seed,
-                                    try_autocache=False))
-    ds = ds.map(host_ops.plain(_pair_fn(self.builder)))
+                                    try_autocache=False, add_tfds_id=True))
+    ds = ds.map(host_ops.plain(_pair_fn(self.builder, with_id=True)))
     buffer = max(int(self.config.data.shuffle_buffer), 1)
     ds = ds.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
-    ds = ds.take(spe * batch).enumerate().skip(first_step * batch)
+    spares = order.num_spares(batch)
+    ds = ds.take(spe * batch + spares).enumerate().skip(first_step * batch)
     first_key = epoch * spe * batch
 
-    def keyed(i, pair):
-      contents, y = pair
-      return contents, y, (first_key + i) * process_count + process_index
+    def keyed(i, example):
+      contents, y, name = example
+      return contents, y, (first_key + i) * process_count + process_index, name
 
-    return ds.map(host_ops.plain(keyed)).batch(batch, drop_remainder=True)
+    ds = ds.map(host_ops.plain(keyed))
+    windows = ds.window(batch + spares, shift=batch).take(spe - first_step)
+    return windows.flat_map(host_ops.plain(
+        lambda *w: tf.data.Dataset.zip(w).batch(batch + spares)))
 
   def _train_batches(self, batch, start_step, process_index, process_count):
     spe = order.steps_per_epoch(self.splits.counts('pretrain', process_count),
                                 batch)
+    stop = self.config.data.on_undecodable == 'stop'
+    name = self.builder.name
+
+    def failed(ids):
+      failures_lib.undecodable(
+          [f'tfds {name} record {i.decode(errors="replace")}' for i in ids],
+          'replaced in its batch', stop)
 
     def generate():
       fns = host_ops.ElementFns(self.config)
@@ -331,13 +409,16 @@ class TfdsStreamSource(base.DataSource):
       while True:
         steps = self._epoch_steps(epoch, first, batch, spe, process_index,
                                   process_count)
-        yield from streams.train_views(steps, view, batch,
-                                       self.config).as_numpy_iterator()
+        yield from streams.SpareSteps(steps, view, batch, self.config, failed,
+                                      f'TFDS dataset {name!r}')
         epoch, first = epoch + 1, 0
     return generate()
 
   def _eval_batches(self, split, batch, process_index, process_count):
     fns = host_ops.ElementFns(self.config)
     part = self.splits.part(split, process_index, process_count)
+    failed = lambda local: _record_failed(
+        self.splits, self._failed, self.config, split, process_index,
+        process_count, local)
     return streams.eval_batches(examples(self.builder, part, False),
-                                fns.eval_view, batch, self.config)
+                                fns.eval_view, batch, self.config, failed)

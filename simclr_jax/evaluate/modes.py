@@ -54,7 +54,8 @@ def export(config: Any, workdir: str) -> dict[str, Any]:
   are several): `{split}_h.npy` float32 (N, C), `{split}_z.npy`,
   `{split}_labels.npy` int32 (N,), `{split}_index.npy` int64 (N,) (the
   example's position in the split's order: a folder's sorted file list
-  after the holdout, a TFDS split's stored order), and for folders
+  after the holdout, a TFDS split's stored order, records that fail to
+  decode skipped), and for folders
   `{split}_paths.txt` (the file of each row, one per line). Files that cannot
   be decoded are left out of every array and of the paths (counted and
   listed like training's). Each file is written atomically; a split already
@@ -116,8 +117,13 @@ def export(config: Any, workdir: str) -> dict[str, Any]:
         with open(tmp, 'w') as f:
           f.write(text)
         os.replace(tmp, os.path.join(out_dir, f'{split}_paths{suffix}.txt'))
-      else:
-        index = p + n_proc * np.arange(written, dtype=np.int64)
+      else:  # TFDS: the positions of the records kept, in the split.
+        kept_index = getattr(run.source, 'kept_index', None)
+        index = (kept_index(split, p, n_proc) if kept_index is not None
+                 else p + n_proc * np.arange(written, dtype=np.int64))
+        if len(index) != written:
+          raise RuntimeError(f'export: {written} rows of {split!r} written, '
+                             f'{len(index)} records decoded')
       _write_npy(os.path.join(out_dir, f'{split}_index{suffix}.npy'), index)
       for name in [n for n in writers if n != 'h'] + ['h']:
         writers[name].close()  # h last: its presence marks the split done.
