@@ -5,6 +5,7 @@ records whose image bytes are junk (in memory and streamed, 'skip' and
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 
@@ -129,6 +130,36 @@ def test_tfds_junk_record_stops_in_one_line_when_asked(tiny_bad, streamed,
     for _ in range(5):  # An epoch holds every record.
       next(it)
   assert 'tfds tiny_bad' in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize('streamed', [False, True])
+def test_tfds_damaged_record_file_is_one_line_not_a_hang(tiny_bad, streamed,
+                                                         monkeypatch,
+                                                         tmp_path):
+  """A byte flipped inside a TFRecord shard (its checksum fails): reading it
+  raises DataError naming the dataset and split, at once. (tf.data's
+  ignore_errors over a TFDS reader retries such a record forever.)"""
+  if streamed:
+    monkeypatch.setattr(tfds_source, 'MAX_IN_MEMORY_BYTES', 0)
+  data_dir = tmp_path / 'tfds'
+  shutil.copytree(tiny_bad, data_dir)
+  for split in ('train', 'test'):
+    shard, = (data_dir / 'tiny_bad' / '1.0.0').glob(f'*-{split}.tfrecord-*')
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+  source = ip.make_source(_config(str(data_dir)))
+  with pytest.raises(failures.DataError, match='cannot be read') as e:
+    it = source.train_iterator(local_batch_size=8, process_index=0,
+                               process_count=1)
+    for _ in range(5):  # An epoch reads every record.
+      next(it)
+  message = str(e.value)
+  assert len(message.splitlines()) == 1
+  assert "TFDS dataset 'tiny_bad'" in message
+  assert 'corrupted record' in message and 'IteratorGetNext' not in message
+  with pytest.raises(failures.DataError, match="split 'test'"):
+    list(source.eval_iterator('eval', 4))
 
 
 def test_tfds_junk_records_through_main_are_counted(tiny_bad, tmp_path):

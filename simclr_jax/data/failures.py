@@ -15,6 +15,7 @@ status 2.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from typing import Sequence
@@ -127,6 +128,17 @@ def examples(names: Sequence[str], total: int) -> str:
   shown = ', '.join(str(n) for n in names[:NAMES_SHOWN])
   more = total - min(len(names), NAMES_SHOWN)
   return shown + (f' and {more} more' if more > 0 else '')
+
+
+def unreadable_records(e: Exception, what: str) -> DataError:
+  """The one line of record files that cannot be read (a damaged TFRecord)."""
+  cause = (str(getattr(e, 'message', '') or e).strip().splitlines() or [''])[0]
+  # TensorFlow's wrapping: '{{function_node ...}} what [Op:IteratorGetNext]'.
+  cause = re.sub(r'\{\{[^}]*\}\}\s*|\s*\[Op:.*$', '', cause)
+  return DataError(
+      f'the files of {what} cannot be read ({type(e).__name__}: '
+      f'{cause[:200]}): they are damaged or incomplete; prepare the dataset '
+      'again (for TFDS: delete its folder under data_dir and build it anew)')
 
 
 def nothing_decodes(total: int, what: str, names: Sequence[str]) -> DataError:

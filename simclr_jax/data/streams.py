@@ -350,7 +350,8 @@ class SpareSteps:
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     b = self.batch
-    for images, labels, positions, names in self._pipeline().as_numpy_iterator():
+    for images, labels, positions, names in told_read_errors(
+        self._pipeline().as_numpy_iterator(), self.what):
       if signals.stop_requested():
         return
       if not len(positions):
@@ -419,20 +420,59 @@ def host_crops(config: Any, epochs: order.EpochOrder, images: np.ndarray,
                      config).as_numpy_iterator()
 
 
+# Examples decoded in chunks of this many by eval_batches (see there).
+EVAL_CHUNK = 256
+
+
+# What reading a record file raises when the file is damaged (a checksum that
+# fails, a record cut short) or a shard is missing.
+READ_ERRORS = (tf.errors.DataLossError, tf.errors.NotFoundError)
+
+
+def told_read_errors(items: Iterable, what: str) -> Iterator:
+  """`items`, with a damaged record file raised as one line (DataError)."""
+  it = iter(items)
+  while True:
+    try:
+      item = next(it)
+    except StopIteration:
+      return
+    except READ_ERRORS as e:
+      raise failures_lib.unreadable_records(e, what) from None
+    yield item
+
+
 def eval_batches(
     examples: tf.data.Dataset, view: Callable, batch: int, config: Any,
-    on_failed: Callable[[list[int]], None] | None = None
+    on_failed: Callable[[list[int]], None] | None = None,
+    what: str = 'the data'
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """Batches of views of (raw, label int32) examples, in order.
 
   Examples whose view fails are left out; `on_failed` (if given) gets the
   list of their indices (in `examples`) as they are found, once each. Yields
   (uint8 images (n, ...), int32 labels (n,)), n = batch but for the last.
+  Reading `examples` is not inside the `ignore_errors` that leaves failed
+  views out: examples are read EVAL_CHUNK at a time and each chunk decoded
+  as its own dataset. A record that cannot be read (a damaged TFRecord file)
+  then raises `failures_lib.DataError` (one line naming `what`) instead of
+  being retried forever, which `ignore_errors` over a TFDS reader does.
   """
-  ds = examples.enumerate().map(
-      host_ops.plain(lambda i, ex: (view(ex[0]), ex[1], i)),
-      num_parallel_calls=_parallel(config), deterministic=True)
-  batches = ds.ignore_errors().batch(batch).as_numpy_iterator()
+  parallel = _parallel(config)
+
+  def decode_chunk(index, raw, label):
+    ds = tf.data.Dataset.from_tensor_slices((index, raw, label))
+    ds = ds.map(host_ops.plain(lambda i, r, y: (view(r), y, i)),
+                num_parallel_calls=parallel, deterministic=True)
+    return ds.ignore_errors()
+
+  chunks = examples.enumerate().map(
+      host_ops.plain(lambda i, ex: (i, ex[0], ex[1]))).batch(EVAL_CHUNK)
+  # Two chunks at once, each at most EVAL_CHUNK elements: in order.
+  ds = chunks.interleave(host_ops.plain(decode_chunk), cycle_length=2,
+                         block_length=EVAL_CHUNK, num_parallel_calls=2,
+                         deterministic=True)
+  batches = told_read_errors(ds.batch(batch).as_numpy_iterator(), what)
 
   def generate():
     expected = 0

@@ -309,8 +309,9 @@ class TfdsArraySource(arrays.ArraySource):
       return image
 
     failed = []
-    batches = streams.eval_batches(examples(builder, part, False), view,
-                                   _DECODE_BATCH, self.config, failed.extend)
+    batches = streams.eval_batches(
+        examples(builder, part, False), view, _DECODE_BATCH, self.config,
+        failed.extend, f'TFDS dataset {builder.name!r} split {part!r}')
     data = arrays.ArrayData(*streams.collect(batches, h, w))
     _record_failed(self.splits, self._failed, self.config, split,
                    process_index, process_count, failed)
@@ -420,5 +421,6 @@ class TfdsStreamSource(base.DataSource):
     failed = lambda local: _record_failed(
         self.splits, self._failed, self.config, split, process_index,
         process_count, local)
-    return streams.eval_batches(examples(self.builder, part, False),
-                                fns.eval_view, batch, self.config, failed)
+    return streams.eval_batches(
+        examples(self.builder, part, False), fns.eval_view, batch, self.config,
+        failed, f'TFDS dataset {self.builder.name!r} split {part!r}')
