@@ -9,8 +9,8 @@ r"""SimCLRv2's semi-supervised pipeline, measured: pretrain, fine-tune on few la
                    --config.distill.epochs=10'
 
 Runs `main.py` for each step, each in its own workdir under --root (a
-finished workdir is reused: the command is the same, so main.py only
-reads its last record again):
+finished workdir is reused: the command is the same, so main.py does not
+train again, only evaluates again):
 
   pretrain          the config's pretraining
   random            the same network at random initialisation (a

@@ -203,3 +203,16 @@ def read_metrics(workdir: str) -> list[dict]:
       if isinstance(record, dict):
         records.append(record)
   return records
+
+
+def earlier_train_seconds(workdir: str) -> float:
+  """Seconds of training that earlier invocations of the run in `workdir` recorded.
+
+  Each invocation that ends by a signal or finishes writes the run's total
+  so far as `train_seconds`; this is the last such value (0.0 if none). An
+  invocation killed by SIGKILL wrote none: its time is not counted.
+  """
+  for record in reversed(read_metrics(workdir)):
+    if 'train_seconds' in record:
+      return float(record['train_seconds'])
+  return 0.0

@@ -382,6 +382,7 @@ def _pretrain(config: Any, workdir: str,
   monitor = None
   if config.eval.every_steps > 0 and info.num_classes and config.eval.knn_k:
     monitor = final_eval.knn_monitor(config, setup.model, mesh, source)
+  earlier_seconds = reporting.earlier_train_seconds(workdir)
   t_start = time.perf_counter()
   window: list[dict[str, jax.Array]] = []
   last_checked = None
@@ -445,10 +446,12 @@ def _pretrain(config: Any, workdir: str,
         break
   progress.close()
   checkpoint.finish(manager, total_steps, state, preempted)
-  # Wall time of this invocation's training (compilation included).
-  train_seconds = round(time.perf_counter() - t_start, 1)
+  # Wall time of the run's training over its invocations (compilation
+  # included; one killed by SIGKILL is not counted).
+  train_seconds = round(earlier_seconds + time.perf_counter() - t_start, 1)
   if preempted:
-    record = writer.write(int(state.step), {}, preempted=True)
+    record = writer.write(int(state.step), {}, preempted=True,
+                          train_seconds=train_seconds)
     writer.close()
     if is_chief:
       print(f'simclr_jax: stopped by a signal (SIGTERM or Ctrl-C); saved step '
@@ -465,7 +468,8 @@ def _pretrain(config: Any, workdir: str,
       {'params': state.params, 'batch_stats': state.batch_stats},
       init_variables, mesh, source, info)
   if results.pop('preempted', False):
-    record = writer.write(total_steps, results, preempted=True)
+    record = writer.write(total_steps, results, preempted=True,
+                          train_seconds=train_seconds)
     writer.close()
     return record
   record = writer.write(total_steps, results, train_seconds=train_seconds,

@@ -45,3 +45,13 @@ def test_metrics_writer_disabled_writes_nothing(tmp_path):
   record = writer.write(3, {'loss': 1.0})
   assert record == {'step': 3, 'loss': 1.0}
   assert reporting.read_metrics(str(tmp_path / 'w')) == []
+
+
+def test_earlier_train_seconds_is_the_last_recorded_total(tmp_path):
+  assert reporting.earlier_train_seconds(str(tmp_path)) == 0.0
+  w = reporting.MetricsWriter(str(tmp_path), enabled=True)
+  w.write(10, {'loss': 1.0})
+  w.write(20, {}, preempted=True, train_seconds=12.5)
+  w.write(30, {'loss': 0.5})  # A later invocation, killed: no total.
+  w.close()
+  assert reporting.earlier_train_seconds(str(tmp_path)) == 12.5

@@ -108,12 +108,17 @@ def test_sigkill_and_sigterm_then_resume_equal_uninterrupted(tmp_path):
   code, out, err = _start_and_signal(broken, signal.SIGTERM,
                                      after_step=killed_at + 2)
   assert code == 0, err[-3000:]
+  stopped = None
   if 'stopped by a signal' in out:  # It may have finished before the signal.
-    assert reporting.read_metrics(broken)[-1].get('preempted') is True
+    stopped = reporting.read_metrics(broken)[-1]
+    assert stopped.get('preempted') is True and stopped['train_seconds'] > 0
 
   result = _run(broken)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'resuming at step' in result.stdout
+  if stopped is not None:  # train_seconds adds up the invocations.
+    final = reporting.read_metrics(broken)[-1]
+    assert final['final'] and final['train_seconds'] > stopped['train_seconds']
   _assert_same(_final_params(straight), _final_params(broken))
   # Logged losses agree too (the last record per step wins after a resume).
   by_step = lambda w: {r['step']: r['loss'] for r in reporting.read_metrics(w)
