@@ -46,7 +46,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from simclr_jax import hostmem  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-# name -> config overrides (dotted field -> value) on top of --config.
+# configs/cifar10_cpu.py's knobs before the second study (2026-12-07).
+_PREV: dict[str, Any] = {'model.base_width': 16,
+                         'optim.base_learning_rate': 0.075,
+                         'augment.crop_scale': (0.08, 1.0),
+                         'train.cpu_devices': 1}
+
+# name -> config overrides (dotted field -> value) on top of --config, as the
+# config file is when the study runs (each JSON line records the commit).
 RUNS: dict[str, dict[str, Any]] = {
     'base': {},
     # Temperature: google's CIFAR recipe uses 0.5, solo-learn's 0.2.
@@ -69,23 +76,53 @@ RUNS: dict[str, dict[str, Any]] = {
     't02_w24': {'loss.temperature': 0.2, 'model.base_width': 24},
     't02_w32': {'loss.temperature': 0.2, 'model.base_width': 32},
     # Augmentation: a milder crop, stronger colour.
-    't02_crop02': {'loss.temperature': 0.2, 'aug.crop_scale': (0.2, 1.0)},
-    't02_color1': {'loss.temperature': 0.2, 'aug.color_jitter_strength': 1.0},
+    't02_crop02': {'loss.temperature': 0.2, 'augment.crop_scale': (0.2, 1.0)},
+    't02_color1': {'loss.temperature': 0.2, 'augment.color_jitter_strength': 1.0},
     # Head: SimCLR v1's 2 layers, a smaller output.
     't02_proj2': {'loss.temperature': 0.2, 'model.num_proj_layers': 2},
     't02_proj64': {'loss.temperature': 0.2, 'model.proj_out_dim': 64},
+    # The second study (2026-12-07, docs/cifar10_cpu.md), on top of the
+    # first one's winner: `prev` pins the knobs that study then changed
+    # (width 16, LARS 0.075 x sqrt(B), crop scale 0.08-1, one XLA device), so
+    # these runs mean the same on any later configs/cifar10_cpu.py.
+    'prev': dict(_PREV),
+    'prev_crop02': {**_PREV, 'augment.crop_scale': (0.2, 1.0)},
+    'prev_lr015': {**_PREV, 'optim.base_learning_rate': 0.15},
+    'prev_w24': {**_PREV, 'model.base_width': 24},
+    'prev_crop02_lr015': {**_PREV, 'augment.crop_scale': (0.2, 1.0),
+                          'optim.base_learning_rate': 0.15},
+    'prev_b64': {**_PREV, 'train.global_batch_size': 64},
+    # On the config as it is: a higher learning rate again, a stronger
+    # colour distortion, SimCLR v1's 2-layer head, the width back at 16.
+    'lr03': {'optim.base_learning_rate': 0.3},
+    'color1': {'augment.color_jitter_strength': 1.0},
+    'proj2': {'model.num_proj_layers': 2},
+    'w16': {'model.base_width': 16},
 }
 
 # Fields whose value does not change the cost of a step: runs differing only
 # in these share a calibration.
-_COST_NEUTRAL = ('loss.', 'optim.', 'aug.crop_scale', 'aug.crop_ratio',
-                 'aug.color_jitter_strength', 'aug.grayscale_prob')
+_COST_NEUTRAL = ('loss.', 'optim.', 'augment.crop_scale', 'augment.crop_ratio',
+                 'augment.color_jitter_strength', 'augment.grayscale_prob')
 
 
 def cost_key(overrides: Mapping[str, Any]) -> str:
   """Identifies the overrides that change the step's cost (for calibration)."""
   kept = {k: v for k, v in overrides.items() if not k.startswith(_COST_NEUTRAL)}
   return json.dumps(sorted(kept.items()), default=str)
+
+
+def unknown_fields(config, overrides: Mapping[str, Any]) -> list[str]:
+  """The dotted keys of `overrides` that are not fields of `config`."""
+  missing = []
+  for key in overrides:
+    node = config
+    for part in key.split('.'):
+      if not hasattr(node, 'keys') or part not in node.keys():
+        missing.append(key)
+        break
+      node = node[part]
+  return missing
 
 
 def flag(key: str, value: Any) -> str:
@@ -183,6 +220,10 @@ def main(argv=None) -> None:
   if not os.path.exists(args.config):
     p.error(f'no config file {args.config}')
   base = _base_config(args.config)
+  bad = {n: unknown_fields(base, RUNS[n]) for n in names}
+  bad = {n: keys for n, keys in bad.items() if keys}
+  if bad:  # Before any run starts, not an hour in.
+    p.error(f'runs name fields {args.config} does not have: {bad}')
   common = [f'--config.data.data_dir={args.data_dir}'] if args.data_dir else []
   common += args.extra.split()
   os.makedirs(args.workroot, exist_ok=True)

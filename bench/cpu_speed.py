@@ -105,6 +105,14 @@ VARIANTS = {
     'dev8_no_augment': (8, [], ['--no_augment']),
     'dev2_no_augment': (2, [], ['--no_augment']),
     'dev8_proj2': (8, [], ['--proj_layers=2']),
+    # configs/cifar10_cpu.py's quarter-width ResNet-18 (base_width 16): small
+    # convolutions, where one XLA device per core may beat two threads on one.
+    'w16_dev1': (1, [], ['--base_width=16']),
+    'w16_dev2': (2, [], ['--base_width=16']),
+    'w16_dev2_ynnpack': (2, [], ['--base_width=16', '--cpu_ynnpack_convs']),
+    'w24_dev1': (1, [], ['--base_width=24']),
+    'w24_dev2': (2, [], ['--base_width=24']),
+    'w16_dev1_no_materialize': (1, [], ['--base_width=16', '--no_materialize']),
 }
 # The peer (lightly 1.6 on PyTorch CPU), run beside ours in the same rounds
 # when its environment exists (bash ../shared/peers/setup_lightly.sh).

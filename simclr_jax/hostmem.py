@@ -4,7 +4,7 @@ XLA's CPU runtime allocates fresh buffers for each step's temporaries with
 `malloc`; glibc serves large ones with new `mmap`s, whose pages the kernel
 zeroes and maps one 4 KiB page fault at a time on first touch. For
 simclr_jax's CPU train step that was about 260,000 page faults per step of
-the quarter-width ResNet-18 (configs/cifar10_cpu.py), and elementwise ops
+the quarter-width ResNet-18 (configs/cifar10_cpu.py at base_width 16), and elementwise ops
 (BatchNorm, ReLU, copies) ran at half their speed. glibc's tunable
 `glibc.malloc.hugetlb=1` makes malloc ask for transparent huge pages
 (madvise), 2 MiB a fault: 2x faster elementwise ops, and a faster train step
