@@ -98,6 +98,14 @@ RUNS: dict[str, dict[str, Any]] = {
     'color1': {'augment.color_jitter_strength': 1.0},
     'proj2': {'model.num_proj_layers': 2},
     'w16': {'model.base_width': 16},
+    # The third study (2026-12-07): the training views' side
+    # (augment.output_size; evaluation stays at image_size 32). Named by the
+    # side, so they mean the same on any later config.
+    'views32': {'augment.output_size': 32},
+    'views24': {'augment.output_size': 24},
+    'views20': {'augment.output_size': 20},
+    'views16': {'augment.output_size': 16},
+    'w32_views24': {'model.base_width': 32, 'augment.output_size': 24},
 }
 
 # Fields whose value does not change the cost of a step: runs differing only

@@ -112,6 +112,11 @@ VARIANTS = {
     'w16_dev2_ynnpack': (2, [], ['--base_width=16', '--cpu_ynnpack_convs']),
     'w24_dev1': (1, [], ['--base_width=24']),
     'w24_dev2': (2, [], ['--base_width=24']),
+    'w24_dev2_ynnpack': (2, [], ['--base_width=24', '--cpu_ynnpack_convs']),
+    'w24_dev2_bf16': (2, [], ['--base_width=24', '--dtype=bfloat16']),
+    'w24_dev2_bf16_ynnpack': (2, [], ['--base_width=24', '--dtype=bfloat16',
+                                      '--cpu_ynnpack_convs']),
+    'w24_dev2_no_augment': (2, [], ['--base_width=24', '--no_augment']),
     'w16_dev1_no_materialize': (1, [], ['--base_width=16', '--no_materialize']),
 }
 # The peer (lightly 1.6 on PyTorch CPU), run beside ours in the same rounds

@@ -73,7 +73,8 @@ def test_every_config_traces_one_train_step(name):
   setup = train.build(config, mesh, num_classes=10, total_steps=100,
                       steps_per_epoch=10)
   batch = NamedSharding(mesh, P(parallel.AXIS))
-  shape = (16, 2, 32, 32, 3) if _host_cropped(config) else (16, 32, 32, 3)
+  s = config.augment.output_size  # 32 unless the config trains smaller views.
+  shape = (16, 2, s, s, 3) if _host_cropped(config) else (16, 32, 32, 3)
   images = jax.ShapeDtypeStruct(shape, jnp.uint8, sharding=batch)
   labels = jax.ShapeDtypeStruct((16,), jnp.int32, sharding=batch)
   lowered = setup.train_step.lower(setup.abstract_state(), images, labels,
@@ -85,10 +86,42 @@ def test_every_config_traces_one_train_step(name):
       setup.abstract_state())
 
 
-def test_image_size_reference_follows_overrides():
+def test_view_size_follows_image_size_until_it_is_set():
   config = default.get_config()
   config.image_size = 48
   assert config.augment.output_size == 48
+  # Setting the views' side breaks the link, and leaves image_size alone.
+  config.augment.output_size = 24
+  assert (config.image_size, config.augment.output_size) == (48, 24)
+  config.image_size = 64
+  assert (config.image_size, config.augment.output_size) == (64, 24)
+  config_lib.validate(config)
+
+
+def _parsed(*overrides):
+  """configs/demo.py as main.py parses it, with --config.* overrides."""
+  import main  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  argv = ['main.py', '--config=configs/demo.py', '--workdir=/unused',
+          *overrides]
+  values = flags.FlagValues()
+  main.define_flags(values, sys_argv=argv)
+  main.parse_flags(argv, values)
+  return values.config
+
+
+def test_view_size_flag_sets_only_the_views():
+  demo_size = importlib.import_module('configs.demo').get_config().image_size
+  config = _parsed('--config.augment.output_size=12')
+  assert (config.image_size, config.augment.output_size) == (demo_size, 12)
+  assert _parsed('--config.image_size=40').augment.output_size == 40
+
+
+def test_probe_and_finetune_views_have_the_evaluation_side():
+  from simclr_jax.evaluate import linear  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module('configs.cifar10_cpu').get_config()
+  assert (config.image_size, config.augment.output_size) == (32, 20)
+  assert linear.crop_flip_spec(config).output_size == 32
 
 
 @pytest.mark.parametrize('field,value,message', [
@@ -157,7 +190,6 @@ BAD_VALUES = {
     'augment.crop_scale': ['(0.5,0.1)', '(0.0,1.0)', '(0.5,1.5)'],
     'augment.flip_prob': ['2'],
     'augment.grayscale_prob': ['-1'],
-    # A reference to image_size: overriding it overrides both.
     'augment.output_size': ['0'],
     'augment.strategy': ['pmap'],
     'data.cache': ['sometimes'],

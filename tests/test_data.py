@@ -768,6 +768,32 @@ def test_digits_host_crop():
       run[1:], _take(ip.create_train_iterator(config, start_step=1, **kw), 2))
 
 
+@pytest.mark.parametrize('source', ['digits', 'folder'])
+def test_host_crops_have_the_view_side_and_eval_the_image_side(source,
+                                                               mixed_folder):
+  """augment.output_size below image_size: the host's training crops have the
+  views' side (decoded digits and encoded files alike); evaluation batches
+  keep image_size and do not change at all."""
+  def config(view_size):
+    if source == 'digits':
+      c = _config(source='digits', resize_to=16, crop='host', holdout_fraction=0.2)
+    else:
+      c = _config(source='folder', data_dir=mixed_folder[0], crop='host')
+    c.image_size = 12
+    c.augment.output_size = view_size
+    return c
+  info = ip.get_info(config(8))
+  assert info.crop_on_host and info.train_image_shape == (2, 8, 8, 3)
+  kw = dict(local_batch_size=4, process_index=0, process_count=1)
+  batch = next(ip.create_train_iterator(config(8), **kw))
+  assert batch['image'].shape == (4, 2, 8, 8, 3)
+  split = 'eval' if source == 'digits' else 'train'
+  evals = [list(ip.create_eval_iterator(config(s), split, **kw))
+           for s in (8, 12)]
+  assert evals[0][0]['image'].shape == (4, 12, 12, 3)
+  _assert_batches_equal(evals[0], evals[1])
+
+
 def test_host_crop_windows_follow_the_device_sampler():
   """Host- and device-cropped runs draw crop boxes from one distribution."""
   import jax  # pylint: disable=g-import-not-at-top

@@ -23,7 +23,8 @@ sends whole uint8 images (H, W, 3) of one size and the accelerator does all
 augmentation (CIFAR, STL-10, digits); on the host, for large images of any
 size (ImageNet, folders), the host samples two crop windows per image,
 decodes only the rectangle spanning them (JPEG) and resizes each window to
-image_size: the batch holds (2, S, S, 3) uint8 views.
+augment.output_size (by default image_size): the batch holds (2, S, S, 3)
+uint8 views. Evaluation batches are always image_size.
 
 Determinism: the batch of global step k on process p is a function of
 (config.seed, k, p), so resuming at step k gives the batches of an unbroken

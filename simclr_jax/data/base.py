@@ -180,7 +180,7 @@ class DataSource:
     Raises:
       ValueError: the data cannot be found or read (one clear message).
     """
-    s = int(self.config.image_size)
+    s = int(self.config.augment.output_size)  # The host's crops, if it crops.
     shape = (2, s, s, 3) if self.crop_on_host else tuple(self._train_shape())
     return DatasetInfo(
         num_train_examples=sum(self.counts('pretrain', 1)),

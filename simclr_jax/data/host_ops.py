@@ -175,21 +175,28 @@ class ElementFns:
 
   def __init__(self, config: Any):
     self.seed = base.config_seed(config)
-    self.size = int(config.image_size)
+    self.size = int(config.image_size)  # Evaluation images.
+    self.view_size = int(config.augment.output_size)  # Training views.
     self.scale = tuple(float(v) for v in config.augment.crop_scale)
     self.ratio = tuple(float(v) for v in config.augment.crop_ratio)
     self.eval_fraction = float(config.data.eval_crop_fraction)
     if self.size < 1:
       raise ValueError(f'image_size must be positive, got {self.size}')
+    if self.view_size < 1:
+      raise ValueError('augment.output_size must be positive, got '
+                       f'{self.view_size}')
 
   def host_views(self, contents: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
-    """Two random-resized crops of an encoded image: uint8 (2, S, S, 3)."""
+    """Two random-resized crops of an encoded image: uint8 (2, S, S, 3).
+
+    S is augment.output_size (the training views' side).
+    """
     seeds = view_seeds(self.seed, key)
     crops = decode_windows(
         contents,
         lambda h, w, i: sample_window(h, w, seeds[i], self.scale, self.ratio),
         2)
-    return tf.stack([resize(c, self.size, 'bicubic') for c in crops])
+    return tf.stack([resize(c, self.view_size, 'bicubic') for c in crops])
 
   def host_views_decoded(self, image: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
     """Two random-resized crops of a decoded uint8 (H, W, 3) image.
@@ -202,7 +209,7 @@ class ElementFns:
     for i in range(2):
       window = sample_window(shape[0], shape[1], seeds[i], self.scale,
                              self.ratio)
-      views.append(resize(crop(image, window), self.size, 'bicubic'))
+      views.append(resize(crop(image, window), self.view_size, 'bicubic'))
     return tf.stack(views)
 
   def eval_view(self, contents: tf.Tensor) -> tf.Tensor:

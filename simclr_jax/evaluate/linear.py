@@ -89,10 +89,14 @@ def logits_of(params: Any, stats: Any, h: jax.Array) -> jax.Array:
 
 
 def crop_flip_spec(config: Any) -> augment.AugmentSpec:
-  """The evaluation-training augmentation: random-resized crop and flip only."""
+  """The evaluation-training augmentation: random-resized crop and flip only.
+
+  Its views have the evaluation's side, image_size (which augment.output_size,
+  the pretraining views' side, may undercut).
+  """
   spec = augment.AugmentSpec.from_config(config.augment)
   return augment.AugmentSpec(
-      output_size=spec.output_size, crop_scale=spec.crop_scale,
+      output_size=int(config.image_size), crop_scale=spec.crop_scale,
       crop_ratio=spec.crop_ratio, flip_prob=0.5, color_jitter_prob=0.0,
       grayscale_prob=0.0, blur=False, strategy=spec.strategy)
 
