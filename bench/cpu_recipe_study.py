@@ -44,6 +44,7 @@ from typing import Any, Mapping
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from simclr_jax import config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from simclr_jax import hostmem  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # configs/cifar10_cpu.py's knobs before the second study (2026-12-07).
@@ -102,6 +103,8 @@ RUNS: dict[str, dict[str, Any]] = {
     # (augment.output_size; evaluation stays at image_size 32). Named by the
     # side, so they mean the same on any later config.
     'views32': {'augment.output_size': 32},
+    'views32_lr03': {'augment.output_size': 32,
+                     'optim.base_learning_rate': 0.3},
     'views24': {'augment.output_size': 24},
     'views20': {'augment.output_size': 20},
     'views16': {'augment.output_size': 16},
@@ -122,15 +125,7 @@ def cost_key(overrides: Mapping[str, Any]) -> str:
 
 def unknown_fields(config, overrides: Mapping[str, Any]) -> list[str]:
   """The dotted keys of `overrides` that are not fields of `config`."""
-  missing = []
-  for key in overrides:
-    node = config
-    for part in key.split('.'):
-      if not hasattr(node, 'keys') or part not in node.keys():
-        missing.append(key)
-        break
-      node = node[part]
-  return missing
+  return [key for key in overrides if not config_lib.has_field(config, key)]
 
 
 def flag(key: str, value: Any) -> str:

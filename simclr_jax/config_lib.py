@@ -55,6 +55,16 @@ def _require(condition: bool, message: str) -> None:
     raise ConfigError(message)
 
 
+def has_field(config: Any, dotted: str) -> bool:
+  """Whether `config` (a ConfigDict) has the field `dotted` ('a.b.c')."""
+  node = config
+  for part in dotted.split('.'):
+    if not hasattr(node, 'keys') or part not in node.keys():
+      return False
+    node = node[part]
+  return True
+
+
 def _get(config: Any, dotted: str) -> Any:
   value = config
   for part in dotted.split('.'):

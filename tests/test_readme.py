@@ -8,6 +8,8 @@ import re
 
 import pytest
 
+from simclr_jax import config_lib
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = ['README.md'] + sorted(
     os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'docs', '*.md')))
@@ -67,7 +69,5 @@ def test_config_overrides_name_declared_fields(page):
   for field in set(re.findall(r'--config\.([a-z_][\w.]*[a-z0-9_])', _read(page))):
     if field in DELIBERATE_TYPOS:
       continue
-    node = config
-    for part in field.split('.'):
-      assert part in node, f'{page}: --config.{field} is not in configs/default.py'
-      node = node[part]
+    assert config_lib.has_field(config, field), (
+        f'{page}: --config.{field} is not in configs/default.py')
