@@ -75,7 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
   # fine-tuned at image_size: random-resized crops show objects larger than
   # evaluation's centre crops do, so training below the evaluation's side
   # costs little (Touvron et al. 2019, "FixRes"). configs/cifar10_cpu.py
-  # trains at 24 px and scores at 32.
+  # trains at 20 px and scores at 32.
   aug.output_size = config.get_ref('image_size') * 1
   # The random-resized crop is tf.image.sample_distorted_bounding_box's
   # (google's): area_range, aspect_ratio_range (uniform), and never less than

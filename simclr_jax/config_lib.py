@@ -251,11 +251,6 @@ def _distill_checks(config: Any) -> None:
 
 def _augment_checks(config: Any) -> None:
   from simclr_jax import augment  # pylint: disable=g-import-not-at-top
-  _require(isinstance(config.augment.output_size, int) and
-           config.augment.output_size >= 1,
-           f'augment.output_size must be a positive int (the side of the '
-           f'training views; by default image_size), got '
-           f'{config.augment.output_size!r}')
   try:
     augment.AugmentSpec.from_config(config.augment)
   except (ValueError, TypeError) as e:
