@@ -4,6 +4,7 @@ r"""Which XLA CPU settings make the real SimCLR train step fastest; prints JSON.
     python bench/cpu_speed.py --variants=dev1,dev1_no_strided_forms,lightly --batch=128 --rounds=3
     python bench/cpu_speed.py --list                # names and what they set
     python bench/cpu_speed.py --profile=dev1        # where the time goes
+    python bench/cpu_speed.py --profile=lightly     # ... in the peer's step
 
 `dev1` is the default set-up of `train_and_evaluate` on CPU (train.cpu_devices
 = 1, XLA's own convolutions, the conv gradients of models/conv.py:
@@ -27,6 +28,10 @@ PyTorch. The JSON names the CPU model (`cpu_model`).
 steps (train_bench --profile_dir) and sums the trace's XLA op events by
 kind (convolution, fusion, collective, ...): the op time of all devices,
 which may exceed the wall time since devices run at once on several cores.
+XLA's convolutions run on its Eigen threads, outside the trace's op events:
+the step time less the summed op time is about their share. --profile=lightly
+sums the peer's step by op kind instead (bench/peer_profile.py, PyTorch's
+profiler, per step).
 
 Each variant is one run of `bench/train_bench.py --cases=r18_32` (ResNet-18,
 CIFAR stem, 32 px, LARS, global BatchNorm, NT-Xent over the global batch,
@@ -82,8 +87,10 @@ VARIANTS = {
     # jaxlib 0.10's YNNPACK convolutions (the default before
     # train.cpu_ynnpack_convs), and no YNNPACK fusion at all.
     'dev8_ynnpack': (8, [], ['--cpu_ynnpack_convs']),
+    'dev1_ynnpack': (1, [], ['--cpu_ynnpack_convs']),
     'dev2_ynnpack': (2, [], ['--cpu_ynnpack_convs']),
     'dev2_ynn_off': (2, ['--xla_cpu_experimental_ynn_fusion_type='], []),
+    'dev1_ynn_off': (1, ['--xla_cpu_experimental_ynn_fusion_type='], []),
     # Conv weight gradients that recompute BatchNorm/ReLU inside XLA's
     # transposes (the default before train.cpu_materialize_conv_inputs).
     'dev2_no_materialize': (2, [], ['--no_materialize']),
@@ -217,7 +224,10 @@ def op_kind(name):
       ('collective wait (rendezvous)', ('rendezvous', 'wait:')),
       ('collective', ('all-reduce', 'all-gather', 'reduce-scatter',
                       'collective', 'all-to-all', 'psum')),
-      ('dot (dense layers)', ('dot', 'ynn', 'xnn')),
+      # YNNPACK runs most of the step's reductions (BatchNorm's statistics
+      # and its backward sums, LARS's norms) as well as dots.
+      ('ynn/xnn fusion (BN reductions, dots)', ('ynn', 'xnn')),
+      ('dot (dense layers)', ('dot',)),
       ('sort/rng', ('sort', 'rng', 'threefry')),
       ('while/conditional (augment map)', ('while', 'conditional', 'call')),
       ('copy/transpose', ('copy', 'transpose')),
@@ -316,7 +326,18 @@ def main():
       os.path.dirname(HERE), '..', 'shared', 'peers', 'lightly_bench.py'),
                  help="lightly's step bench (variant 'lightly')")
   args = p.parse_args()
+  if args.profile == PEER:
+    cmd = [args.peer_python, os.path.join(HERE, 'peer_profile.py'),
+           f'--peer_bench={args.peer_bench}', f'--batch={args.batch}']
+    proc = subprocess.run(cmd, env=small_pages_env(os.environ),
+                          capture_output=True, text=True, check=False)
+    if proc.returncode:
+      sys.exit(proc.stderr[-3000:])
+    print(proc.stdout.strip())
+    return
   if args.profile:
+    if args.profile not in VARIANTS:
+      p.error(f'unknown --profile {args.profile!r}; see --list (or {PEER})')
     devices, flags, extra = VARIANTS[args.profile]
     env = dict(os.environ, XLA_FLAGS=' '.join(flags))
     cmd = [sys.executable, BENCH, '--cases=r18_32', f'--batch_r18={args.batch}',

@@ -21,11 +21,14 @@ AXIS = 'batch'
 # XLA's own (Eigen) convolution kernels instead of YNNPACK's: YNNPACK runs
 # each convolution on one thread and, on the 2-core AVX-512 machine this was
 # measured on, took 1.7x the time of XLA's multi-threaded kernels for
-# ResNet-18's convolutions (bench/cpu_speed.py).
+# ResNet-18's convolutions (bench/cpu_speed.py). On jaxlib 0.12.1 YNNPACK's
+# weight gradients are the slow part (3.8x XLA's at 32 px and 64 channels,
+# bench/conv_layers.py), and the train step is 1.7x as fast without them.
 YNN_CONVS_OFF = '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
-# jaxlib (major, minor) versions known to accept YNN_CONVS_OFF. XLA aborts
-# the process on a flag it does not know, so it is never set for others.
-_YNN_FLAG_VERSIONS = ((0, 10),)
+# jaxlib (major, minor) versions known to accept YNN_CONVS_OFF (0.10.2 and
+# 0.12.1 ran tests/test_cpu_setup.py, 0.11.2 started with it). XLA aborts the
+# process on a flag it does not know, so it is never set for others.
+_YNN_FLAG_VERSIONS = ((0, 10), (0, 11), (0, 12))
 
 
 def _backends_started() -> bool:

@@ -6,10 +6,15 @@ strided 1x1 convs sum in another order: they equal a float64 reference as
 closely as lax's own gradient does.
 """
 
+import collections
+import os
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 from jax import lax
 
 from configs import default
@@ -243,3 +248,31 @@ def test_strided_gradients_under_shard_map_equal_lax(k, padding):
   assert got.shape == want.shape == w.shape
   np.testing.assert_allclose(got, want, rtol=0,
                              atol=1e-5 * np.abs(want).max())
+
+
+def test_the_per_layer_bench_lists_resnet18s_convolutions():
+  """bench/conv_layers.py weights each layer by how often ResNet-18 (CIFAR
+  stem, 32 px) has it: its table must be the model's convolutions."""
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), 'bench'))
+  import conv_layers  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+
+  config = default.get_config().model
+  config.depth, config.stem, config.width_multiplier = 18, 'cifar', 1
+  config.base_width, config.sk_ratio = 64, 0.0
+  model = models.create_model(config, num_classes=0)
+  seen = collections.Counter()
+
+  def record(next_fun, args, kwargs, context):
+    module = context.module
+    if isinstance(module, nn.Conv) and context.method_name == '__call__':
+      x = args[0]
+      (k, _), (s, _) = module.kernel_size, module.strides
+      seen[(x.shape[1], x.shape[3], module.features, k, s)] += 1
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                      jnp.zeros((2, 32, 32, 3)), train=False))
+  listed = {v[:5]: v[5] for v in conv_layers.LAYERS.values()}
+  assert dict(seen) == listed
