@@ -21,6 +21,7 @@ _spec = importlib.util.spec_from_file_location('scale_plan', _PATH)
 scale_plan = importlib.util.module_from_spec(_spec)
 sys.modules['scale_plan'] = scale_plan  # Its dataclasses look it up.
 _spec.loader.exec_module(scale_plan)
+import hlo_collectives  # pylint: disable=g-import-not-at-top,wrong-import-position  (bench/, on the path scale_plan set)
 
 
 def _plan_config():
@@ -153,7 +154,7 @@ def test_count_collectives_reads_tuples_and_async_starts():
       '  %agd = f32[16,4]{1,0} all-gather-done(%ag)',
       '  ROOT %rs = f32[2]{0} reduce-scatter(%g)',
   ])
-  got = scale_plan.count_collectives(hlo, num_devices=8)['by_category']
+  got = hlo_collectives.count_collectives(hlo, num_devices=8)['by_category']
   back = got['backward_gradients_and_bn']
   assert back['result_bytes'] == 8 * 4 + 8 * 2
   assert back['bytes_by_dtype'] == {'f32': 32, 'bf16': 16}
