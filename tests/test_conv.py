@@ -59,6 +59,7 @@ CASES = [  # (input size, kernel, stride, padding)
     (12, 3, 2, ((1, 1), (1, 1))),   # ResNet stage transitions.
     (11, 3, 2, ((1, 1), (1, 1))),   # Odd sizes: residue classes differ.
     (12, 1, 2, ((0, 0), (0, 0))),   # Projection shortcuts.
+    (12, 1, 1, ((0, 0), (0, 0))),   # Stride-1 1x1: the weight gradient's matmul.
     (11, 1, 2, ((0, 0), (0, 0))),
     (13, 7, 2, ((3, 3), (3, 3))),   # The ImageNet stem.
     (10, 4, 2, ((1, 2), (1, 2))),   # Asymmetric padding.
@@ -114,7 +115,8 @@ def test_stored_operand_gradients_equal_lax_conv_bit_for_bit(
 
 
 def test_stride_one_gradients_stay_bit_for_bit():
-  """The strided forms leave stride-1 convs' gradients exactly lax's."""
+  """The strided forms leave stride-1 kxk convs' gradients exactly lax's
+  (a 1x1 conv's weight gradient is a matmul: CASES checks it)."""
   x = jax.random.normal(jax.random.key(0), (4, 12, 12, 5))
   w = jax.random.normal(jax.random.key(1), (3, 3, 5, 6)) * 0.2
   pad = ((1, 1), (1, 1))
@@ -220,9 +222,10 @@ def test_the_train_step_uses_it_on_cpu_only_and_when_asked():
   assert setup.model.conv_gradients == 'strided'
 
 
-@pytest.mark.parametrize('k,padding', [(1, ((0, 0), (0, 0))),
-                                       (3, ((1, 1), (1, 1)))])
-def test_strided_gradients_under_shard_map_equal_lax(k, padding):
+@pytest.mark.parametrize('k,padding,stride', [(1, ((0, 0), (0, 0)), 2),
+                                              (1, ((0, 0), (0, 0)), 1),
+                                              (3, ((1, 1), (1, 1)), 2)])
+def test_strided_gradients_under_shard_map_equal_lax(k, padding, stride):
   """A weight replicated over the devices gets its gradient summed over
   them (as fine-tuning's step takes it), and the result equals lax's."""
   mesh = parallel.make_mesh()
@@ -233,7 +236,8 @@ def test_strided_gradients_under_shard_map_equal_lax(k, padding):
   def grads(conv):
     def per_device(x, w):
       def loss(w):
-        y = conv(jax.nn.relu(x), w, (2, 2), padding, dimension_numbers=DN)
+        y = conv(jax.nn.relu(x), w, (stride, stride), padding,
+                 dimension_numbers=DN)
         return lax.psum(jnp.sum(jnp.sin(y)), parallel.AXIS)
       return jax.grad(loss)(w)
     sharded = jax.device_put(

@@ -25,8 +25,10 @@ convolutions are computed:
    them with zeros. `strided_input_gradient` computes each residue class of
    input positions (y % s, x % s) as a stride-1 conv with the kernel taps
    that reach it, and interleaves the classes (the "sub-pixel" form). The
-   weight gradient of a strided 1x1 conv is one matmul of the subsampled
-   input with the output gradient. Same sums in another order: equal to
+   weight gradient of an unpadded 1x1 conv, strided or not, is one matmul of
+   the (subsampled) input with the output gradient, which reads both in
+   their (N, H, W, C) layout: no transposing copies (2x faster than XLA's
+   for ResNet's 1x1 convs on 2 cores). Same sums in another order: equal to
    XLA's to float rounding (tests/test_conv.py checks both against a float64
    reference).
 
@@ -227,8 +229,8 @@ def _conv_bwd(static, residuals, g):
   else:
     _, input_vjp = jax.vjp(lambda x: _plain(static, x, rhs), lhs)
     dx = input_vjp(g)[0]
-  if (strided and rhs.shape[:2] == (1, 1) and
-      tuple(padding) == ((0, 0), (0, 0))):
+  if (static[-1] and rhs.shape[:2] == (1, 1) and _simple(static, lhs, rhs)
+      and tuple(padding) == ((0, 0), (0, 0))):
     dw = _pointwise_weight_gradient(lhs, rhs, g, strides)
   else:
     stored = materialize(lhs)
