@@ -95,7 +95,7 @@ def jax_worker(names: list[str], batch: int, reps: int,
     x = jax.numpy.asarray(rng.standard_normal((batch, side, side, cin),
                                               np.float32))
     w = jax.numpy.asarray(rng.standard_normal((k, k, cin, cout), np.float32))
-    y = jax.jit(fwd)(x, w)
+    y = jax.eval_shape(fwd, x, w)
     g = jax.numpy.asarray(rng.standard_normal(y.shape, np.float32))
     fns = {
         'fwd': jax.jit(fwd),

@@ -2,7 +2,7 @@
 
 The stored-operand weight gradient changes no value (bit for bit); the
 sub-pixel input gradient of strided convs and the matmul weight gradient of
-strided 1x1 convs sum in another order: they equal a float64 reference as
+1x1 convs sum in another order: they equal a float64 reference as
 closely as lax's own gradient does.
 """
 

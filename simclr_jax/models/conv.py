@@ -222,15 +222,14 @@ def _pointwise_weight_gradient(lhs: jax.Array, rhs: jax.Array, g: jax.Array,
 def _conv_bwd(static, residuals, g):
   lhs, rhs = residuals
   strides, padding = static[0], static[1]
-  strided = (static[-1] and max(strides) > 1 and
-             _simple(static, lhs, rhs))
-  if strided:
+  forms = static[-1] and _simple(static, lhs, rhs)  # Item 2 applies.
+  if forms and max(strides) > 1:
     dx = strided_input_gradient(g, rhs, lhs.shape, strides, padding)
   else:
     _, input_vjp = jax.vjp(lambda x: _plain(static, x, rhs), lhs)
     dx = input_vjp(g)[0]
-  if (static[-1] and rhs.shape[:2] == (1, 1) and _simple(static, lhs, rhs)
-      and tuple(padding) == ((0, 0), (0, 0))):
+  if (forms and rhs.shape[:2] == (1, 1) and
+      tuple(padding) == ((0, 0), (0, 0))):
     dw = _pointwise_weight_gradient(lhs, rhs, g, strides)
   else:
     stored = materialize(lhs)
