@@ -12,7 +12,8 @@ alone: the forward pass (`fwd`), the input gradient (`dgrad`) and the weight
 gradient (`wgrad`).
 
 Ours: `simclr_jax.models.conv` with the gradient forms the CPU train step
-uses (`conv_function('strided')`: stored operands, sub-pixel strided forms),
+uses (`conv_function('border')`: stored operands, sub-pixel strided forms,
+border forms of the 3x3 convs of 8 px and less; `--gradients` picks another),
 jitted, under the XLA flags `train_and_evaluate` sets on CPU
 (`parallel.setup_cpu_devices(1)`) and glibc's huge-page malloc (as main.py).
 A pass is one jitted function of stored arrays: `fwd` the convolution,
@@ -73,7 +74,8 @@ def _median_ms(fn, reps: int) -> float:
 
 
 def jax_worker(names: list[str], batch: int, reps: int,
-               ynnpack_convs: bool = False) -> dict:
+               ynnpack_convs: bool = False,
+               gradients: str = 'border') -> dict:
   """Median ms of each pass of each layer in `names`, ours."""
   sys.path.insert(0, os.path.dirname(HERE))
   from simclr_jax import parallel  # pylint: disable=g-import-not-at-top
@@ -82,7 +84,7 @@ def jax_worker(names: list[str], batch: int, reps: int,
   import numpy as np  # pylint: disable=g-import-not-at-top
   from simclr_jax.models import conv as conv_lib  # pylint: disable=g-import-not-at-top
 
-  conv = conv_lib.conv_function('strided')
+  conv = conv_lib.conv_function(gradients) or jax.lax.conv_general_dilated
   rng = np.random.default_rng(0)
   out = {}
   for name in names:
@@ -168,6 +170,10 @@ def main():
   p.add_argument('--ynnpack_convs', action='store_true',
                  help="ours with jaxlib's YNNPACK convolutions "
                       '(train.cpu_ynnpack_convs) instead of XLA\'s own')
+  p.add_argument('--gradients', default='border',
+                 choices=('xla', 'stored', 'strided', 'border'),
+                 help='ours with these models/conv.py gradient forms (default: '
+                      "the CPU train step's)")
   p.add_argument('--quick', action='store_true',
                  help='smoke run: the two smallest layers, batch 16, 1 round')
   p.add_argument('--worker', choices=('jax', 'torch'), default=None,
@@ -187,7 +193,7 @@ def main():
   if args.worker:
     if args.worker == 'jax':
       print(json.dumps(jax_worker(names, args.batch, args.reps,
-                                  args.ynnpack_convs)))
+                                  args.ynnpack_convs, args.gradients)))
     else:
       print(json.dumps(torch_worker(names, args.batch, args.reps)))
     return
@@ -196,8 +202,8 @@ def main():
   from simclr_jax import hostmem  # pylint: disable=g-import-not-at-top
   import cpu_speed  # pylint: disable=g-import-not-at-top
   base = [__file__, f'--layers={",".join(names)}', f'--batch={args.batch}',
-          f'--reps={args.reps}'] + (['--ynnpack_convs'] if args.ynnpack_convs
-                                    else [])
+          f'--reps={args.reps}', f'--gradients={args.gradients}'] + (
+              ['--ynnpack_convs'] if args.ynnpack_convs else [])
   runners = {'ours': ([sys.executable] + base + ['--worker=jax'],
                       hostmem.environ_with_huge_pages(os.environ))}
   if os.path.exists(args.peer_python):
@@ -234,7 +240,7 @@ def main():
   print(json.dumps({
       'bench': 'conv_layers', 'cpu_model': hostmem.cpu_model(),
       'cpu_count': os.cpu_count(), 'jax': _jax_version(),
-      'ynnpack_convs': args.ynnpack_convs,
+      'ynnpack_convs': args.ynnpack_convs, 'gradients': args.gradients,
       'batch': args.batch, 'reps': args.reps,
       'rounds': args.rounds, 'score': 'best median ms over rounds',
       'layers': layers, 'step_ms': step_ms,

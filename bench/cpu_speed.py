@@ -91,6 +91,9 @@ VARIANTS = {
     'dev2_ynnpack': (2, [], ['--cpu_ynnpack_convs']),
     'dev2_ynn_off': (2, ['--xla_cpu_experimental_ynn_fusion_type='], []),
     'dev1_ynn_off': (1, ['--xla_cpu_experimental_ynn_fusion_type='], []),
+    # YNNPACK's reductions (BatchNorm's sums) off too: XLA's own instead.
+    'dev1_ynn_no_reduce': (1, ['--xla_cpu_experimental_ynn_fusion_type='
+                               '-individual_convolution,-reduce'], []),
     # Conv weight gradients that recompute BatchNorm/ReLU inside XLA's
     # transposes (the default before train.cpu_materialize_conv_inputs).
     'dev2_no_materialize': (2, [], ['--no_materialize']),
@@ -98,6 +101,9 @@ VARIANTS = {
     # Stored operands but XLA's own gradients of strided convs (the default
     # before models/conv.py's sub-pixel input gradients, 2026-12-03).
     'dev1_no_strided_forms': (1, [], ['--no_strided_forms']),
+    # XLA's padded kernels for the small 3x3 convs (the default before
+    # models/conv.py's border forms, 2026-12-08).
+    'dev1_no_border_forms': (1, [], ['--no_border_forms']),
     # glibc's default malloc, 4 KiB page faults (the default before
     # simclr_jax/hostmem.py's huge pages, 2026-12-06).
     'dev1_small_pages': (1, [], ['--small_pages']),

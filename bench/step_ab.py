@@ -2,6 +2,7 @@ r"""Two settings of the CPU train step, step for step in ONE process; prints JSO
 
     python bench/step_ab.py                                  # default vs no_strided_forms
     python bench/step_ab.py --a=default --b=no_materialize --steps=10
+    python bench/step_ab.py --b=no_border_forms --steps=16
     python bench/step_ab.py --quick                          # smoke run, a minute or two
 
 On a shared machine the speed drifts between runs by more than the
@@ -14,6 +15,8 @@ Settings (the model is bench/train_bench.py's case r18_32: ResNet-18, CIFAR
 stem, 32 px, LARS, global BatchNorm, augmentation on the device, 1 XLA CPU
 device as `train_and_evaluate` runs it on CPU):
   default           what train_and_evaluate compiles on CPU
+  no_border_forms   XLA's padded kernels for the 3x3 convs of 8 px and less
+                    (models/conv.py item 3, train.cpu_border_forms=False)
   no_strided_forms  XLA's own gradients for strided convs (models/conv.py
                     train.cpu_strided_gradient_forms=False), stored operands kept
   no_materialize    plain lax convolutions (train.cpu_materialize_conv_inputs
@@ -36,7 +39,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from simclr_jax import parallel  # pylint: disable=g-import-not-at-top
 
-SETTINGS = ('default', 'no_strided_forms', 'no_materialize')
+SETTINGS = ('default', 'no_border_forms', 'no_strided_forms', 'no_materialize')
 
 
 def _parse(argv=None) -> argparse.Namespace:
@@ -78,6 +81,7 @@ def main() -> None:
     def overrides(config, name=name):
       config.train.cpu_strided_gradient_forms = name != 'no_strided_forms'
       config.train.cpu_materialize_conv_inputs = name != 'no_materialize'
+      config.train.cpu_border_forms = name != 'no_border_forms'
     prep = train_bench.prepare_case('r18_32', bench_args, mesh,
                                     total_steps=2 * args.steps + 4,
                                     num_batches=1, overrides=overrides)

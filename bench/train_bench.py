@@ -91,6 +91,10 @@ def _parse_args(argv=None) -> argparse.Namespace:
                       'gradient of strided convs and weight gradient of '
                       'strided 1x1 convs (models/conv.py '
                       'train.cpu_strided_gradient_forms=False; the default before)')
+  p.add_argument('--no_border_forms', action='store_true',
+                 help='XLA\'s own padded kernels for the 3x3 convs of 8 px '
+                      'and less (models/conv.py item 3; '
+                      'train.cpu_border_forms=False; the default before)')
   p.add_argument('--augment_strategy', default='auto',
                  choices=('auto', 'map', 'vmap'),
                  help='config.augment.strategy')
@@ -195,6 +199,7 @@ def case_config(case: str, args: argparse.Namespace) -> tuple[Any, int, tuple]:
   config.augment.strategy = args.augment_strategy
   config.train.cpu_materialize_conv_inputs = not args.no_materialize
   config.train.cpu_strided_gradient_forms = not args.no_strided_forms
+  config.train.cpu_border_forms = not args.no_border_forms
   if args.proj_layers:
     config.model.num_proj_layers = args.proj_layers
   if case == 'r18_32':

@@ -170,6 +170,11 @@ def get_config() -> ml_collections.ConfigDict:
   # and strided 1x1 weight gradients as one matmul (models/conv.py item 2;
   # equal to float rounding; bench/cpu_speed.py dev1_no_strided_forms).
   train.cpu_strided_gradient_forms = True
+  # With both of the above on: 3x3 stride-1 convs of 8 px and less skip the
+  # multiply-adds XLA spends on their padding (models/conv.py item 3; forward
+  # pass and both gradients, equal to float rounding; bench/cpu_speed.py
+  # dev1_no_border_forms).
+  train.cpu_border_forms = True
   # Resume even when the config changes what the run computes (batch,
   # schedule, data, augmentation, model, loss, seed); normally refused.
   train.allow_config_change = False

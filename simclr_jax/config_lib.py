@@ -176,6 +176,7 @@ def _run_checks(config: Any) -> None:
   _bool(config, 'train.cpu_ynnpack_convs')
   _bool(config, 'train.cpu_materialize_conv_inputs')
   _bool(config, 'train.cpu_strided_gradient_forms')
+  _bool(config, 'train.cpu_border_forms')
   _number_at_least(config, 'loss.temperature', 0, strict=True)
   _bool(config, 'eval.linear_probe')
   _bool(config, 'eval.compare_random_init')

@@ -209,8 +209,9 @@ def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
 def conv_gradients(config: Any, mesh: jax.sharding.Mesh) -> str:
   """The gradient forms of the model's convs (`models/conv.py` GRADIENTS).
 
-  On CPU meshes 'strided' (stored operands and the strided forms), 'stored'
-  with train.cpu_strided_gradient_forms off, 'xla' with
+  On CPU meshes 'border' (stored operands, the strided forms and the border
+  forms of small 3x3 convs), 'strided' with train.cpu_border_forms off,
+  'stored' with train.cpu_strided_gradient_forms off, 'xla' with
   train.cpu_materialize_conv_inputs off: XLA CPU otherwise recomputes
   BatchNorm and ReLU inside slow transposing copies and multiplies the zeros
   of dilated output gradients. 'xla' elsewhere (the forms would only add
@@ -220,5 +221,6 @@ def conv_gradients(config: Any, mesh: jax.sharding.Mesh) -> str:
   if (platform(mesh) != 'cpu'
       or not bool(train.get('cpu_materialize_conv_inputs', True))):
     return 'xla'
-  return ('strided' if bool(train.get('cpu_strided_gradient_forms', True))
-          else 'stored')
+  if not bool(train.get('cpu_strided_gradient_forms', True)):
+    return 'stored'
+  return 'border' if bool(train.get('cpu_border_forms', True)) else 'strided'

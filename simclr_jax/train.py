@@ -379,9 +379,13 @@ def _pretrain(config: Any, workdir: str,
                                        start_step)
   batches = device_batches(host_batches, mesh, config.data.prefetch)
 
+  # Evaluation computes features with lax's own convolutions, as the
+  # evaluation and export modes do: models/conv.py's border forms change the
+  # forward pass to float rounding, enough to flip a near-tied kNN vote.
+  eval_model = setup.model.clone(conv_gradients='xla')
   monitor = None
   if config.eval.every_steps > 0 and info.num_classes and config.eval.knn_k:
-    monitor = final_eval.knn_monitor(config, setup.model, mesh, source)
+    monitor = final_eval.knn_monitor(config, eval_model, mesh, source)
   earlier_seconds = reporting.earlier_train_seconds(workdir)
   t_start = time.perf_counter()
   window: list[dict[str, jax.Array]] = []
@@ -464,7 +468,7 @@ def _pretrain(config: Any, workdir: str,
     init_variables = {'params': init_state.params,
                       'batch_stats': init_state.batch_stats}
   results = final_eval.final_evaluation(
-      config, workdir, setup.model,
+      config, workdir, eval_model,
       {'params': state.params, 'batch_stats': state.batch_stats},
       init_variables, mesh, source, info)
   if results.pop('preempted', False):

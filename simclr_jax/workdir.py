@@ -38,7 +38,7 @@ FREE_FIELDS = (
     'train.log_every_steps', 'train.checkpoint_every_steps',
     'train.keep_checkpoints', 'train.num_devices', 'train.cpu_devices',
     'train.cpu_ynnpack_convs', 'train.cpu_materialize_conv_inputs',
-    'train.cpu_strided_gradient_forms',
+    'train.cpu_strided_gradient_forms', 'train.cpu_border_forms',
     'train.allow_config_change',
     'data.prefetch', 'data.num_parallel_calls', 'data.cache',
     'data.on_undecodable',  # Whether to stop: it changes no result.

@@ -247,6 +247,7 @@ BAD_VALUES = {
     'train.cpu_ynnpack_convs': ['maybe'],
     'train.cpu_materialize_conv_inputs': ['maybe'],
     'train.cpu_strided_gradient_forms': ['maybe'],
+    'train.cpu_border_forms': ['maybe'],
     'train.global_batch_size': ['0', '-16', '1.5'],
     'train.keep_checkpoints': ['-1'],
     'train.log_every_steps': ['0'],

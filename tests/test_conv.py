@@ -1,8 +1,9 @@
 """models/conv.py: CPU-friendly conv gradients against lax's and a reference.
 
 The stored-operand weight gradient changes no value (bit for bit); the
-sub-pixel input gradient of strided convs and the matmul weight gradient of
-1x1 convs sum in another order: they equal a float64 reference as
+sub-pixel input gradient of strided convs, the matmul weight gradient of
+1x1 convs and the border forms of small 3x3 convs (forward pass and both
+gradients) sum in another order: they equal a float64 reference as
 closely as lax's own gradient does.
 """
 
@@ -84,9 +85,13 @@ def test_gradients_match_float64_reference_as_closely_as_lax(
     np.testing.assert_array_equal(out, y)  # The forward pass is lax's.
     return jax.jit(vjp)(g)
 
-  lax_grads = grads(lax.conv_general_dilated)
-  ours = grads(conv_lib.conv_general_dilated)
-  for ref, a, b in zip(want, lax_grads, ours):
+  _assert_as_close_as_lax(want, grads(lax.conv_general_dilated),
+                          grads(conv_lib.conv_general_dilated))
+
+
+def _assert_as_close_as_lax(want, lax_values, ours):
+  """Each of `ours` is float32 and as close to the float64 `want` as lax's."""
+  for ref, a, b in zip(want, lax_values, ours):
     assert a.shape == b.shape == ref.shape and b.dtype == jnp.float32
     scale = np.abs(ref).max()
     lax_err = np.abs(np.asarray(a, np.float64) - ref).max() / scale
@@ -151,6 +156,66 @@ def test_bfloat16_gradients_equal_lax_conv():
                                   np.asarray(b, np.float32))
 
 
+@pytest.mark.parametrize('shape', [(3, 3), (4, 4), (8, 8), (5, 7), (3, 8)])
+def test_border_forms_match_float64_reference_as_closely_as_lax(shape):
+  """Forward pass and both gradients of a small 3x3 conv in border form."""
+  x = jax.random.normal(jax.random.key(0), (3, *shape, 5))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 5, 6)) * 0.2
+  pad = ((1, 1), (1, 1))
+  conv = conv_lib.conv_function('border')
+  assert conv_lib._border_applies(  # pylint: disable=protected-access
+      ((1, 1), pad, None, None, DN), x, w)
+  f = lambda x, w: conv(x, w, (1, 1), pad, dimension_numbers=DN)
+  y, vjp = jax.vjp(f, x, w)
+  g = jax.random.normal(jax.random.key(2), y.shape)
+  x64, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)
+  xp = np.pad(x64, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  want_y = sum(np.einsum('nhwc,cf->nhwf', xp[:, i:i + shape[0], j:j + shape[1]],
+                         w64[i, j]) for i in range(3) for j in range(3))
+  lax_y, lax_vjp = jax.vjp(
+      lambda x, w: lax.conv_general_dilated(x, w, (1, 1), pad,
+                                            dimension_numbers=DN), x, w)
+  want = (want_y, *_reference_grads(x, w, g, (1, 1), pad))
+  _assert_as_close_as_lax(want, (lax_y, *lax_vjp(g)), (y, *jax.jit(vjp)(g)))
+
+
+@pytest.mark.parametrize('size,k,stride,padding', [
+    (16, 3, 1, ((1, 1), (1, 1))),   # Over BORDER_MAX_SIDE.
+    (2, 3, 1, ((1, 1), (1, 1))),    # No interior.
+    (8, 3, 2, ((1, 1), (1, 1))),
+    (8, 3, 1, ((0, 0), (0, 0))),
+    (8, 5, 1, ((2, 2), (2, 2))),
+])
+def test_border_forms_leave_other_convs_to_the_other_forms(
+    size, k, stride, padding):
+  x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
+  w = jax.random.normal(jax.random.key(1), (k, k, 3, 4)) * 0.2
+  assert not conv_lib._border_applies(  # pylint: disable=protected-access
+      ((stride, stride), padding, None, None, DN), x, w)
+  want = _grads(conv_lib.conv_function('strided'), x, w, (stride, stride),
+                padding)
+  got = _grads(conv_lib.conv_function('border'), x, w, (stride, stride),
+               padding)
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_border_forms_keep_bfloat16_and_nans():
+  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 4), jnp.bfloat16)
+  w = jax.random.normal(jax.random.key(1), (3, 3, 4, 4), jnp.bfloat16)
+  pad = ((1, 1), (1, 1))
+  want = _grads(lax.conv_general_dilated, x, w, (1, 1), pad)
+  got = _grads(conv_lib.conv_function('border'), x, w, (1, 1), pad)
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    assert a.dtype == b.dtype == jnp.bfloat16
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    np.testing.assert_allclose(b, a, rtol=0, atol=0.02 * np.abs(a).max())
+  bad = x.astype(jnp.float32).at[0, 0, 0, 0].set(jnp.nan)
+  dw = jax.grad(lambda w: jnp.sum(conv_lib.conv_function('border')(
+      bad, w, (1, 1), pad, dimension_numbers=DN)))(w.astype(jnp.float32))
+  assert bool(jnp.any(jnp.isnan(dw)))
+
+
 def test_materialize_keeps_values_and_nans():
   x = jnp.arange(12.0).reshape(3, 4)
   np.testing.assert_array_equal(jax.jit(conv_lib.materialize)(x), x)
@@ -175,13 +240,13 @@ def test_grouped_convolutions_are_refused():
                                                  (50, 'imagenet', 0.0625)])
 def test_model_gradients_with_and_without(depth, stem, sk_ratio):
   """Whole-model gradients: stored operands alone change no bit; with the
-  strided forms they agree to float32 rounding."""
+  strided forms, and the border forms, they agree to float32 rounding."""
   config = default.get_config().model
   config.depth, config.stem, config.sk_ratio = depth, stem, sk_ratio
   config.base_width = 4
   x = jax.random.uniform(jax.random.key(0), (4, 32, 32, 3))
   results = []
-  for gradients in ('xla', 'stored', 'strided'):
+  for gradients in ('xla', 'stored', 'strided', 'border'):
     model = models.create_model(config, num_classes=3,
                                 conv_gradients=gradients)
     variables = model.init(jax.random.key(1), x, train=False)
@@ -193,13 +258,16 @@ def test_model_gradients_with_and_without(depth, stem, sk_ratio):
       return sum(jnp.sum(jnp.sin(o)) for o in jax.tree.leaves(out))
 
     results.append(jax.jit(jax.value_and_grad(loss))(variables['params']))
-  plain, stored, fast = (jax.tree.leaves(r) for r in results)
+  plain, stored, fast, border = (jax.tree.leaves(r) for r in results)
   for a, b in zip(plain, stored):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert float(plain[0]) == float(fast[0])  # The forward pass is the same.
-  for a, c in zip(plain[1:], fast[1:]):
-    a, c = np.asarray(a), np.asarray(c)
+  # The border forms change the forward pass too (to float rounding).
+  np.testing.assert_allclose(float(border[0]), float(plain[0]), rtol=1e-5)
+  for a, c, d in zip(plain[1:], fast[1:], border[1:]):
+    a, c, d = np.asarray(a), np.asarray(c), np.asarray(d)
     np.testing.assert_allclose(c, a, rtol=0, atol=1e-5 * np.abs(a).max())
+    np.testing.assert_allclose(d, a, rtol=0, atol=1e-5 * np.abs(a).max())
   if depth == 18:  # The forms ran (R50's 1x1-pixel last stage at 32 px
     # sums so few terms that its rounding can agree bit for bit).
     assert any(not np.array_equal(a, c)
@@ -210,7 +278,10 @@ def test_the_train_step_uses_it_on_cpu_only_and_when_asked():
   config = default.get_config()
   mesh = parallel.make_mesh()
   assert parallel.platform(mesh) == 'cpu'
+  assert parallel.conv_gradients(config, mesh) == 'border'
+  config.train.cpu_border_forms = False
   assert parallel.conv_gradients(config, mesh) == 'strided'
+  config.train.cpu_border_forms = True
   config.train.cpu_strided_gradient_forms = False
   assert parallel.conv_gradients(config, mesh) == 'stored'
   config.train.cpu_materialize_conv_inputs = False
@@ -219,15 +290,17 @@ def test_the_train_step_uses_it_on_cpu_only_and_when_asked():
   config.train.cpu_strided_gradient_forms = True
   setup = train.build(config, mesh, num_classes=0, total_steps=2,
                       steps_per_epoch=1)
-  assert setup.model.conv_gradients == 'strided'
+  assert setup.model.conv_gradients == 'border'
 
 
 @pytest.mark.parametrize('k,padding,stride', [(1, ((0, 0), (0, 0)), 2),
                                               (1, ((0, 0), (0, 0)), 1),
-                                              (3, ((1, 1), (1, 1)), 2)])
+                                              (3, ((1, 1), (1, 1)), 2),
+                                              (3, ((1, 1), (1, 1)), 1)])
 def test_strided_gradients_under_shard_map_equal_lax(k, padding, stride):
   """A weight replicated over the devices gets its gradient summed over
-  them (as fine-tuning's step takes it), and the result equals lax's."""
+  them (as fine-tuning's step takes it), and the result equals lax's (the
+  stride-1 3x3 case at 8 px takes the border forms)."""
   mesh = parallel.make_mesh()
   spec = jax.sharding.PartitionSpec
   x = jax.random.normal(jax.random.key(0), (2 * mesh.size, 8, 8, 5))
@@ -248,7 +321,7 @@ def test_strided_gradients_under_shard_map_equal_lax(k, padding, stride):
         out_specs=spec()))(sharded, replicated)
 
   want = grads(lax.conv_general_dilated)
-  got = grads(conv_lib.conv_general_dilated)
+  got = grads(conv_lib.conv_function('border'))
   assert got.shape == want.shape == w.shape
   np.testing.assert_allclose(got, want, rtol=0,
                              atol=1e-5 * np.abs(want).max())
