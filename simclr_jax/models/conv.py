@@ -283,8 +283,9 @@ def border_conv(static: tuple, x: jax.Array, kernel: jax.Array) -> jax.Array:
   """A 3x3 stride-1 conv padded by one, without multiply-adds on padding.
 
   Args:
-    static: `_conv`'s static arguments (only precision and the result type
-      are read; the padding is ((1, 1), (1, 1))).
+    static: `_conv`'s static arguments of the padded conv (stride 1,
+      padding ((1, 1), (1, 1))); each of the five parts replaces the
+      padding and keeps the rest (layout, precision, result type).
     x: (N, H, W, C), H and W at least 3.
     kernel: (3, 3, C, F), HWIO.
 
