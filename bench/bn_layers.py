@@ -17,13 +17,13 @@ ours, flax, ours, ...); the score is each one's best median over rounds.
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
+from conv_layers import median_ms  # pylint: disable=g-import-not-at-top,wrong-import-position
 from simclr_jax import hostmem, parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SHAPES = {'s1': (32, 64), 's2': (16, 128), 's3': (8, 256), 's4': (4, 512)}
@@ -72,17 +72,12 @@ def main():
     variables = {'params': {'scale': jnp.ones((c,)), 'bias': jnp.zeros((c,))},
                  'batch_stats': {'mean': jnp.zeros((c,)),
                                  'var': jnp.ones((c,))}}
-    for fn in kinds.values():
-      jax.block_until_ready(fn(variables, x, g))
     medians = {kind: [] for kind in kinds}
     for _ in range(args.rounds):
       for kind, fn in kinds.items():
-        times = []
-        for _ in range(args.reps):
-          t = time.perf_counter()
-          jax.block_until_ready(fn(variables, x, g))
-          times.append((time.perf_counter() - t) * 1e3)
-        medians[kind].append(statistics.median(times))
+        medians[kind].append(median_ms(
+            lambda fn=fn: jax.block_until_ready(fn(variables, x, g)),
+            args.reps))
     best = {kind: round(min(m), 2) for kind, m in medians.items()}
     layers[name] = {'shape': [args.batch, side, side, c], 'ms': best,
                     'ratio': round(best['flax'] / best['ours'], 3)}

@@ -63,7 +63,8 @@ LAYERS = {
 PASSES = ('fwd', 'dgrad', 'wgrad')
 
 
-def _median_ms(fn, reps: int) -> float:
+def median_ms(fn, reps: int) -> float:
+  """Median ms of `reps` calls of `fn` after one warm-up call."""
   fn()  # Compile / warm up.
   times = []
   for _ in range(reps):
@@ -107,7 +108,7 @@ def jax_worker(names: list[str], batch: int, reps: int,
             lambda w: f(x, w), w)[1](g)[0]),
     }
     args = {'fwd': (x, w), 'dgrad': (x, w, g), 'wgrad': (x, w, g)}
-    out[name] = {p: round(_median_ms(
+    out[name] = {p: round(median_ms(
         lambda p=p: jax.block_until_ready(fns[p](*args[p])), reps), 2)
                  for p in PASSES}
   return out
@@ -134,7 +135,7 @@ def torch_worker(names: list[str], batch: int, reps: int) -> dict:
                  x, w, stride=s, padding=k // 2),
              'dgrad': lambda bwd=bwd: bwd([True, False, False]),
              'wgrad': lambda bwd=bwd: bwd([False, True, False])}
-      out[name] = {p: round(_median_ms(fns[p], reps), 2) for p in PASSES}
+      out[name] = {p: round(median_ms(fns[p], reps), 2) for p in PASSES}
   out['_torch'] = torch.__version__
   return out
 

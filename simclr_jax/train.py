@@ -380,8 +380,9 @@ def _pretrain(config: Any, workdir: str,
   batches = device_batches(host_batches, mesh, config.data.prefetch)
 
   # Evaluation computes features with lax's own convolutions, as the
-  # evaluation and export modes do: models/conv.py's border forms change the
-  # forward pass to float rounding, enough to flip a near-tied kNN vote.
+  # evaluation and export modes do, whatever forms the train step uses
+  # (models/conv.py's border forms change the forward pass to float
+  # rounding).
   eval_model = setup.model.clone(conv_gradients='xla')
   monitor = None
   if config.eval.every_steps > 0 and info.num_classes and config.eval.knn_k:

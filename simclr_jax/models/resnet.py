@@ -324,8 +324,8 @@ class ResNet(nn.Module):
       strided convs' input gradients skip dilation zeros (equal to float
       rounding); 'border': those, and 3x3 convs of 8 px and less skip their
       padding in the forward pass and both gradients (equal to float
-      rounding): faster on CPU, extra copies elsewhere. 'xla': lax's own. The train step chooses by platform
-      (`parallel.conv_gradients`).
+      rounding): faster on CPU, extra copies elsewhere. 'xla': lax's own.
+      The train step chooses by platform (`parallel.conv_gradients`).
   """
   depth: int = 50
   width_multiplier: int = 1
